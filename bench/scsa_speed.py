@@ -1,0 +1,157 @@
+"""SCSA speed: this project's module against the step-by-step computation, side by side in one run.
+
+The step-by-step version (kept here, not in the library) is the computation as the paper writes it: four separate
+depthwise 1-D convolutions per strip, concatenation, and an explicit (C/heads) x (C/heads) attention matrix.
+Both modules share the same weights; outputs and input gradients are checked equal before timing.
+
+Measured: forward + backward at the four ResNet-50 stage shapes (batch 32, paper defaults), median of repeats after
+warm-up, on ``--threads`` threads (default 2). Memory: bytes autograd keeps for backward (the activation memory a
+training step holds), and on CUDA also the allocator's peak.
+
+    python bench/scsa_speed.py [--threads 2] [--repeats 7] [--batch 32] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from space.scsa import SCSA  # noqa: E402
+
+SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+
+
+class StepByStepSCSA(nn.Module):
+    """The paper's computation written out op by op (reference for timing only)."""
+
+    def __init__(self, fast: SCSA) -> None:
+        super().__init__()
+        self.fast = fast  # borrow parameters so both compute with identical weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.fast
+        b, c, h, w = x.shape
+        x_h, x_w = x.mean(dim=3), x.mean(dim=2)
+        hs, ws = torch.chunk(x_h, m.groups, dim=1), torch.chunk(x_w, m.groups, dim=1)
+        conv_h = [conv(part) for conv, part in zip(m.dwc, hs)]
+        conv_w = [conv(part) for conv, part in zip(m.dwc, ws)]
+        a_h = torch.sigmoid(m.norm_h(torch.cat(conv_h, dim=1))).view(b, c, h, 1)
+        a_w = torch.sigmoid(m.norm_w(torch.cat(conv_w, dim=1))).view(b, c, 1, w)
+        xs = x * a_h * a_w
+        y = F.avg_pool2d(xs, m.window, m.window) if m.window > 0 else xs.mean((2, 3), keepdim=True)
+        y = m.norm(y)
+        q = y * m.qkv_weight[0].view(1, c, 1, 1)
+        k = y * m.qkv_weight[1].view(1, c, 1, 1)
+        v = y * m.qkv_weight[2].view(1, c, 1, 1)
+        hd = c // m.heads
+        q, k, v = (t.reshape(b, m.heads, hd, -1) for t in (q, k, v))
+        attn = (q @ k.transpose(-2, -1) * hd**-0.5).softmax(dim=-1)  # explicit C x C matrix
+        z = (attn @ v).reshape(b, c, *y.shape[-2:]).mean((2, 3), keepdim=True)
+        return torch.sigmoid(z) * xs
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of tensors autograd saves for backward during one forward (distinct storages)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(seen.values())
+
+
+def time_pair(modules: list[nn.Module], x: torch.Tensor, repeats: int, warmup: int = 2) -> list[float]:
+    """Median fwd+bwd seconds of each module; the modules alternate inside every repeat so that both see the
+    same machine state (a shared machine drifts by tens of percent between back-to-back loops)."""
+
+    def step(module: nn.Module) -> float:
+        x.grad = None
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        module(x).sum().backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        for m in modules:
+            step(m)
+    times: list[list[float]] = [[] for _ in modules]
+    for _ in range(repeats):
+        for m, ts in zip(modules, times):
+            ts.append(step(m))
+    return [statistics.median(ts) for ts in times]
+
+
+def cuda_peak(module: nn.Module, x: torch.Tensor) -> float:
+    if not x.is_cuda:
+        return float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    module(x).sum().backward()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"fwd+bwd median of {args.repeats}")
+    header = f"{'shape':>14} {'step ms':>9} {'ours ms':>9} {'speed-up':>9} {'saved MB step/ours':>19} {'max|dy|':>9}"
+    if dev.type == "cuda":
+        header += f" {'peak MB step/ours':>18}"
+    print(header)
+    ratios = []
+    for c, s in SHAPES:
+        fast = SCSA(c).to(dev)
+        with torch.no_grad():  # non-trivial norms so that the comparison exercises every parameter
+            for p in fast.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        slow = StepByStepSCSA(fast)
+        x = torch.randn(args.batch, c, s, s, device=dev, requires_grad=True)
+        y_fast = fast(x)
+        (g_fast,) = torch.autograd.grad(y_fast.square().sum(), x)
+        y_slow = slow(x)
+        (g_slow,) = torch.autograd.grad(y_slow.square().sum(), x)
+        dy = (y_fast - y_slow).abs().max().item()
+        dg = ((g_fast - g_slow).abs().max() / g_slow.abs().max()).item()
+        if dy > 1e-4 * y_slow.abs().max().item() or dg > 1e-4:
+            raise SystemExit(f"outputs differ at {c}x{s}x{s}: max|dy|={dy:.2e}, rel max|dgrad|={dg:.2e}")
+        t_slow, t_fast = time_pair([slow, fast], x, args.repeats)
+        ratio = t_slow / t_fast
+        ratios.append(ratio)
+        mb_slow, mb_fast = saved_bytes(slow, x) / 2**20, saved_bytes(fast, x) / 2**20
+        line = (f"{f'{c}x{s}x{s}':>14} {t_slow * 1e3:9.2f} {t_fast * 1e3:9.2f} {ratio:8.2f}x "
+                f"{mb_slow:9.1f}/{mb_fast:<9.1f} {dy:9.1e}")
+        if dev.type == "cuda":
+            line += f" {cuda_peak(slow, x):8.1f}/{cuda_peak(fast, x):<9.1f}"
+        print(line)
+    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+    print(f"geometric mean speed-up: {geomean:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
