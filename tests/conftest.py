@@ -1,0 +1,19 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def reference_vectors():
+    path = SHARED / "reference" / "scsa_vectors.pt"
+    if not path.exists():
+        pytest.skip(f"reference vectors not found at {path}")
+    return torch.load(path, weights_only=True)["cases"]
