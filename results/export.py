@@ -1,0 +1,252 @@
+"""Take the chosen architecture away: ``best_config.json``, ``best_config.md``, an mmpretrain-style config, and the
+commands that build or train it with timm or with this project's own trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pprint
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from results.io import atomic_write_text
+from space import ArchConfig
+from space.backbones import family
+
+BEST_JSON = "best_config.json"
+BEST_MD = "best_config.md"
+MMPRETRAIN_PY = "best_config_mmpretrain.py"
+
+# The authors' mmpretrain backbones and how a timm name maps onto their arguments.
+_MM_RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+_MM_MOBILENETV2 = re.compile(r"^mobilenetv2_(\d{3})$")
+_MM_HEAD_CHANNELS = {18: 512, 34: 512, 50: 2048, 101: 2048, 152: 2048}
+
+
+def write_best_config(out_dir: str | os.PathLike[str], arch: ArchConfig) -> Path:
+    """``best_config.json``: exactly ``arch.to_dict()``, so ``ArchConfig.from_dict(json.load(f))`` rebuilds it."""
+    path = Path(out_dir) / BEST_JSON
+    atomic_write_text(path, json.dumps(arch.to_dict(), indent=2) + "\n")
+    return path
+
+
+def official_scsa_cfg(stage) -> dict:
+    """A SCSA stage's settings under the authors' constructor names."""
+    return {
+        "head_num": stage.heads,
+        "window_size": stage.window,
+        "group_kernel_sizes": list(stage.kernels),
+        "down_sample_mode": f"{stage.pool}_pool",
+        "gate_layer": stage.gate,
+        "attn_drop_ratio": 0.0,
+    }
+
+
+def mmpretrain_limits(arch: ArchConfig) -> list[str]:
+    """What the authors' mmpretrain backbones cannot express of ``arch`` (empty: expressible exactly)."""
+    reasons = []
+    plain = all(st.attn == "none" for st in arch.stages)  # their plain ResNet / MobileNetV2 express it
+    if arch.backbone not in _MM_RESNET_DEPTHS and not _MM_MOBILENETV2.match(arch.backbone):
+        reasons.append(
+            f"backbone {arch.backbone}: the authors ship ResNetSCSA (resnet18..152) and MobileNetV2SCSA only"
+        )
+    for i, st in enumerate(arch.stages if not plain else (), start=1):
+        if st.attn != "scsa":
+            reasons.append(f"stage {i} has attention {st.attn!r}; their backbones put SCSA in every block")
+            continue
+        if st.position != "mid":
+            reasons.append(f"stage {i} puts SCSA at the {st.position!r} slot; theirs sits after the 3x3/depthwise conv")
+        if st.blocks != "all":
+            reasons.append(f"stage {i} puts SCSA in {st.blocks!r} blocks; theirs is in every block")
+        if st.groups != 4:
+            reasons.append(f"stage {i} uses {st.groups} SMSA groups; their module has exactly 4")
+    scsa = [official_scsa_cfg(s) for s in arch.stages if s.attn == "scsa"]
+    if any(cfg != scsa[0] for cfg in scsa[1:]):
+        reasons.append("stages differ in SCSA settings; their backbones take one scsa_cfg for all stages")
+    return reasons
+
+
+def mmpretrain_config(arch: ArchConfig, num_classes: int = 1000) -> str:
+    """An mmpretrain-style config (Python source) for ``arch`` with the authors' keys.
+
+    Where their ``ResNetSCSA`` / ``MobileNetV2SCSA`` can express ``arch`` exactly, the config is a drop-in for their
+    repository. Otherwise the header says precisely what cannot be expressed, ``stage_scsa_cfgs`` carries the
+    per-stage settings, and the backbone dict passes them under a key their classes do not accept yet, so that
+    mmpretrain fails loudly instead of silently training a different network.
+    """
+    limits = mmpretrain_limits(arch)
+    stage_cfgs = [
+        None if st.attn == "none" else
+        {"attn": st.attn, "position": st.position, "blocks": st.blocks,
+         **(official_scsa_cfg(st) | {"groups": st.groups} if st.attn == "scsa" else {})}
+        for st in arch.stages
+    ]
+    first_scsa = next((official_scsa_cfg(s) for s in arch.stages if s.attn == "scsa"), None)
+    m = _MM_MOBILENETV2.match(arch.backbone)
+    plain = first_scsa is None and all(st.attn == "none" for st in arch.stages)
+    if m:
+        backbone = {"type": "MobileNetV2" if plain else "MobileNetV2SCSA", "widen_factor": int(m.group(1)) / 100}
+        in_channels = 1280 if int(m.group(1)) <= 100 else int(1280 * int(m.group(1)) / 100)
+    else:
+        depth = _MM_RESNET_DEPTHS.get(arch.backbone, 50)
+        backbone = {"type": "ResNet" if plain else "ResNetSCSA", "depth": depth, "num_stages": 4,
+                    "out_indices": (3,), "style": "pytorch"}
+        in_channels = _MM_HEAD_CHANNELS[depth]
+    if not plain:
+        backbone["scsa_cfg"] = first_scsa
+    if limits:
+        backbone["stage_scsa_cfgs"] = stage_cfgs
+    model = {
+        "type": "ImageClassifier",
+        "backbone": backbone,
+        "neck": {"type": "GlobalAveragePooling"},
+        "head": {"type": "LinearClsHead", "num_classes": num_classes, "in_channels": in_channels,
+                 "loss": {"type": "CrossEntropyLoss", "loss_weight": 1.0},
+                 "topk": (1, 5) if num_classes >= 5 else (1,)},
+    }
+    lines = [
+        f"# mmpretrain config for the searched architecture: {arch.describe()}",
+        "# Keys follow the SCSA authors' configs (scsa_cfg: head_num, window_size, group_kernel_sizes,",
+        "# down_sample_mode, gate_layer, attn_drop_ratio). Add data, schedule and runtime as in their configs,",
+        "# e.g. _base_ = ['../_base_/datasets/imagenet_bs32.py', '../_base_/schedules/imagenet_bs256.py',",
+        "#               '../_base_/default_runtime.py']",
+    ]
+    if limits:
+        lines.append("# NOT EXPRESSIBLE in the authors' backbones as released:")
+        lines += [f"#   - {r}" for r in limits]
+        lines.append("# 'stage_scsa_cfgs' below carries the per-stage settings; their classes reject it until they")
+        lines.append("# accept per-stage settings, so this config fails loudly rather than training another network.")
+    elif plain:
+        lines.append("# The plain backbone: mmpretrain's own backbone, no attention.")
+    else:
+        lines.append("# Exactly expressible: same SCSA settings in every block at the authors' slot.")
+    for name, value in (("arch_config", arch.to_dict()), ("stage_scsa_cfgs", stage_cfgs), ("model", model)):
+        lines.append(f"{name} = {pprint.pformat(value, width=110, sort_dicts=False, compact=True)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_mmpretrain(out_dir: str | os.PathLike[str], arch: ArchConfig, num_classes: int = 1000) -> Path:
+    path = Path(out_dir) / MMPRETRAIN_PY
+    atomic_write_text(path, mmpretrain_config(arch, num_classes))
+    return path
+
+
+def timm_one_liner(arch: ArchConfig, config_path: str = BEST_JSON, num_classes: int = 1000) -> str:
+    """A shell one-liner that builds the architecture through ``timm.create_model``."""
+    return (
+        f"python -c \"import space.timm_models, timm; m = timm.create_model('scsa_{arch.backbone}', "
+        f"arch='{config_path}', num_classes={num_classes}); print(sum(p.numel() for p in m.parameters()))\""
+    )
+
+
+def training_command(config_path: str, dataset: str, epochs: int = 100, out: str = "train") -> str:
+    """This project's full-training command for an exported config."""
+    return f"python run_search.py train --config {config_path} --dataset {dataset} --epochs {epochs} --out {out}"
+
+
+def _fmt(value: object, spec: str) -> str:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if math.isnan(v) else format(v, spec)
+
+
+def best_config_markdown(
+    best: pd.Series,
+    df: pd.DataFrame,
+    objectives: Sequence[str],
+    rule: str,
+    *,
+    resolution: int = 224,
+    dataset: str = "fashion-mnist",
+    num_classes: int = 1000,
+) -> str:
+    """``best_config.md``: what was chosen, by which rule, its objectives, and how it compares with both references."""
+    arch = ArchConfig.from_dict(json.loads(best["config_json"]))
+    refs = {r: df[(df["reference"] == r) & (df["status"] == "completed")] for r in ("baseline", "paper_default")}
+    lines = [
+        f"# Chosen architecture ({rule})",
+        "",
+        f"`{arch.describe()}`",
+        "",
+        f"Trial {best['trial_id']} of {len(df)} ({int((df['status'] == 'completed').sum())} completed). "
+        f"Objectives: {', '.join(objectives)}. Accuracy is the proxy's validation accuracy on {dataset}; "
+        f"GFLOPs are counted at {resolution} px (one multiply-add = one FLOP).",
+        "",
+        "| | proxy accuracy | GFLOPs | params (M) |",
+        "|---|---:|---:|---:|",
+        f"| **chosen** | {_fmt(100 * best['accuracy'], '.2f')} % | {_fmt(best['gflops'], '.4f')} | "
+        f"{_fmt(best['params'] / 1e6, '.3f')} |",
+    ]
+    for name, label in (("baseline", "plain backbone"), ("paper_default", "paper default (SCSA everywhere)")):
+        rows = refs[name]
+        if len(rows):
+            r = rows.iloc[0]
+            lines.append(f"| {label} | {_fmt(100 * r['accuracy'], '.2f')} % | {_fmt(r['gflops'], '.4f')} | "
+                         f"{_fmt(r['params'] / 1e6, '.3f')} |")
+        else:
+            lines.append(f"| {label} | not completed | | |")
+    for name, label in (("baseline", "plain backbone"), ("paper_default", "paper default")):
+        rows = refs[name]
+        if len(rows):
+            r = rows.iloc[0]
+            lines.append("")
+            lines.append(f"Against the {label}: {_fmt(100 * (best['accuracy'] - r['accuracy']), '+.2f')} accuracy "
+                         f"points for {_fmt(best['gflops'] - r['gflops'], '+.4f')} GFLOPs.")
+    lines += [
+        "",
+        "Per stage:",
+        "",
+        *[f"- stage {i}: {s.describe()}" for i, s in enumerate(arch.stages, start=1)],
+        "",
+        "Build it with timm:",
+        "",
+        "```",
+        timm_one_liner(arch, BEST_JSON, num_classes),
+        "```",
+        "",
+        "Train it at full schedule with this project's trainer:",
+        "",
+        "```",
+        training_command(BEST_JSON, dataset),
+        "```",
+        "",
+        f"mmpretrain: `{MMPRETRAIN_PY}` "
+        + ("(exactly expressible in the authors' backbone)." if not mmpretrain_limits(arch)
+           else "(not exactly expressible in the authors' backbone: see its header)."),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_best(
+    out_dir: str | os.PathLike[str],
+    best: pd.Series,
+    df: pd.DataFrame,
+    objectives: Sequence[str],
+    rule: str,
+    *,
+    resolution: int = 224,
+    dataset: str = "fashion-mnist",
+    num_classes: int = 1000,
+) -> dict[str, Path]:
+    """Write ``best_config.json``, ``best_config.md`` and the mmpretrain config for the chosen row."""
+    arch = ArchConfig.from_dict(json.loads(best["config_json"]))
+    out = Path(out_dir)
+    md = best_config_markdown(best, df, objectives, rule, resolution=resolution, dataset=dataset,
+                              num_classes=num_classes)
+    atomic_write_text(out / BEST_MD, md)
+    return {
+        "best_config.json": write_best_config(out, arch),
+        "best_config.md": out / BEST_MD,
+        "mmpretrain": write_mmpretrain(out, arch, num_classes),
+    }
+
+
+def arch_family(arch: ArchConfig | Mapping) -> str:
+    backbone = arch.backbone if isinstance(arch, ArchConfig) else arch["backbone"]
+    return family(backbone)
