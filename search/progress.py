@@ -1,0 +1,188 @@
+"""What the driver watches while Ray runs: failures recorded with their reason, a live progress line, and the
+stop conditions (time budget, Ctrl-C).
+
+The progress line, printed when a trial finishes (and every :data:`HEARTBEAT_S` seconds in between)::
+
+    [  7/200] completed 5 · stopped 1 · failed 0 · running 1 | front 3 | best t0004 acc 0.8125 @ 0.612 GFLOPs
+    | 0:03:12 elapsed, ETA 1:28:40
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from ray.tune import Callback
+from ray.tune.stopper import Stopper
+
+from .optuna_search import ParetoOptunaSearch, build_record
+
+__all__ = ["HEARTBEAT_S", "ProgressCallback", "SearchStopper", "describe_error"]
+
+HEARTBEAT_S = 60.0
+_MAX_REASON = 300
+
+
+def describe_error(trial) -> str:
+    """One line saying why ``trial`` failed: the exception raised in the trainable (``TrainingDiverged: ...``,
+    ``OutOfMemoryError: ...``), or Ray's reason when the worker process died."""
+    text = ""
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:
+        exc = None
+    cause = getattr(exc, "cause", None) if exc is not None else None
+    if type(cause).__name__ == "TrialError":  # already "<type>: <message>" (see search.trainable)
+        text = str(cause)
+    elif cause is not None:
+        text = f"{type(cause).__name__}: {cause}"
+    elif exc is not None:
+        text = f"{type(exc).__name__}: {exc}"
+    if not text:
+        try:
+            raw = trial.get_error() or ""
+        except Exception:
+            raw = ""
+        lines = [line.strip() for line in str(raw).splitlines() if line.strip()]
+        text = lines[-1] if lines else "unknown error"
+    text = " ".join(text.split())  # one line
+    lowered = text.lower()
+    if ("out of memory" in lowered or "outofmemory" in lowered or "memoryerror" in lowered) and \
+            not lowered.startswith("out of memory"):
+        text = f"out of memory: {text}"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
+
+
+class SearchStopper(Stopper):
+    """Ends the whole search when the time budget is spent or the user pressed Ctrl-C (``interrupt()``).
+
+    Trials are never stopped one by one here: that is the scheduler's job.
+    """
+
+    def __init__(self, time_budget_s: float | None = None) -> None:
+        self.deadline = None if time_budget_s is None else time.time() + time_budget_s
+        self.interrupted = False
+        self.timed_out = False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if self.deadline is not None and time.time() >= self.deadline and not self.interrupted:
+            self.timed_out = True
+        return self.interrupted or self.timed_out
+
+
+class ProgressCallback(Callback):
+    """Writes failed trials' records (with the reason) and prints the progress line."""
+
+    def __init__(
+        self,
+        searcher: ParetoOptunaSearch,
+        total: int,
+        session_trials: int,
+        objectives: list[str],
+        select: str = "knee",
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.searcher = searcher
+        self.total = total  # the budget
+        self.session_trials = session_trials  # trials this session launches
+        self.objectives = objectives
+        self.select = select
+        self.echo = echo or (lambda line: print(line, file=sys.stdout, flush=True))
+        self.start = time.time()
+        self.last_print = self.start
+        self.running: set[str] = set()
+        self.last_results: dict[str, dict] = {}  # Ray trial id -> last result
+        self.finished_this_session = 0
+
+    # Ray pickles callbacks with the tuner state; the echo function may be a closure.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["echo"] = None
+        return state
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.running.add(trial.trial_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.last_results[trial.trial_id] = dict(result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        # Ray has requeued the trial and restarts it from this config: tell the trainable which attempt it is, so
+        # that it trains with the next seed (a deterministic run that diverged would diverge again).
+        trial.config["attempt"] = trial.num_failures
+        launch = self.searcher.launched.get(trial.trial_id)
+        name = launch.trial_id if launch else trial.trial_id
+        self.echo(f"trial {name} failed ({describe_error(trial)}); retrying with the next seed "
+                  f"(failure {trial.num_failures})")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.running.discard(trial.trial_id)
+        launch = self.searcher.launched.get(trial.trial_id)
+        if launch is not None:
+            # The searcher told Optuna FAIL already (Ray notifies it first); the record with the reason is ours.
+            reason = describe_error(trial)
+            record = build_record(launch, self.last_results.get(trial.trial_id), "failed", reason,
+                                  self.searcher._curves.get(trial.trial_id))
+            record["status"] = "failed"
+            self.searcher._ledger.finish(record)
+        self.finished_this_session += 1
+        self.report(force=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.running.discard(trial.trial_id)
+        self.finished_this_session += 1
+        self.report(force=True)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.time() - self.last_print >= HEARTBEAT_S:
+            self.report()
+
+    # -- the line --------------------------------------------------------------------------------------------------
+    def line(self) -> str:
+        ledger = self.searcher._ledger
+        counts = ledger.counts()
+        done = sum(counts.values())
+        parts = [f"[{done:>{len(str(self.total))}}/{self.total}] completed {counts['completed']} · stopped "
+                 f"{counts['stopped']} · failed {counts['failed']} · running {len(self.running)}"]
+        parts.append(self._front_and_best())
+        elapsed = time.time() - self.start
+        eta = ""
+        left = self.session_trials - self.finished_this_session
+        if self.finished_this_session and left > 0:
+            eta = f", ETA {_hms(elapsed / self.finished_this_session * left)}"
+        parts.append(f"{_hms(elapsed)} elapsed{eta}")
+        return " | ".join(parts)
+
+    def _front_and_best(self) -> str:
+        from results.frame import trials_frame
+        from results.pareto import pareto_front, select_best
+
+        records = self.searcher._ledger.ordered_records()
+        if not records:
+            return "front 0"
+        df = trials_frame(records)
+        text = f"front {len(pareto_front(df, self.objectives))}"
+        try:
+            best = select_best(df, self.objectives, self.select)
+        except ValueError:  # nothing completed yet, or nothing meets the --select rule yet
+            return text
+        return (f"{text} | best {best['trial_id']} acc {float(best['accuracy']):.4f} "
+                f"@ {float(best['gflops']):.3f} GFLOPs")
+
+    def report(self, force: bool = False) -> None:
+        if self.echo is None:
+            return
+        self.last_print = time.time()
+        self.echo(self.line())
+
+
+def _hms(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(0.0, seconds))))

@@ -1,0 +1,296 @@
+"""Run (or resume) a search: Ray Tune's ``Tuner`` over proxy trainings, Optuna proposing configs, our scheduler
+stopping the unpromising ones, everything recorded in ``--out``.
+
+``--out`` after a search::
+
+    search.json          the settings (``--resume`` reads them back and refuses conflicting ones)
+    study.db             the Optuna study (SQLite; ``optuna-dashboard sqlite:///study.db``)
+    launched.jsonl       one line per trial handed to Ray: what the budget counts
+    trials.csv/.parquet  one row per finished trial, rewritten after each
+    pareto.csv           the non-dominated completed trials
+    pareto.png, hypervolume.png, effects.png, best_config.json/.md, best_config_mmpretrain.py
+    ray/session-N/       Ray's experiment directory of session N (or under ``--storage``)
+
+Resume (after Ctrl-C, a crash or ``kill -9``) does not use ``Tuner.restore``: the study, the journal and the
+records are the state, and a new Tuner runs what is left.
+
+1. The study is loaded from ``study.db``; Optuna trials left RUNNING or WAITING are repaired
+   (:func:`~search.optuna_search.reconcile_study`): told from their record if the record was written, else FAIL
+   with ``interrupted``.
+2. Launched trials without a record were running when the search died: they run again first, under the same
+   trial id and number. They count once toward the budget (they were counted when first launched).
+3. The sampler is rebuilt on the loaded study (NSGA-II and TPE keep no state outside it) with a seed derived
+   from ``--seed`` and the study's size, so it continues rather than replaying its first draws; the rungs of the
+   scheduler are re-seeded from the recorded accuracy curves.
+4. A new Tuner launches exactly ``budget - launched`` new trials, plus the re-runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from space import ArchConfig, SearchSpace
+
+from .ledger import Ledger
+from .optuna_search import Forced, ParetoOptunaSearch, reconcile_study
+from .samplers import make_sampler, session_seed
+from .settings import STUDY_DB, STUDY_NAME, SearchSettings
+
+__all__ = ["SearchOutcome", "plan_forced", "run"]
+
+ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchOutcome:
+    """What a session did and where its results are."""
+
+    out: Path
+    launched_total: int
+    budget: int
+    counts: dict[str, int]
+    interrupted: bool = False
+    timed_out: bool = False
+    exhausted: bool = False
+    duplicates: int = 0
+    written: dict[str, Any] = field(default_factory=dict)
+    best: Any = None
+    reason: str = ""
+
+
+def plan_forced(settings: SearchSettings, ledger: Ledger) -> tuple[list[Forced], int]:
+    """Configs to launch before the sampler (re-runs of interrupted trials, then references not launched yet),
+    and how many new trials the budget still allows."""
+    reruns = []
+    for tid in sorted(ledger.unfinished_ids(), key=lambda t: ledger.launches[t].number):
+        launch = ledger.launches[tid]
+        reruns.append(Forced(launch.arch, launch.reference, launch.trial_id, launch.number))
+    new = max(0, settings.budget - len(ledger.launches))
+    references = []
+    for name, make in (("baseline", ArchConfig.baseline), ("paper_default", ArchConfig.paper_default)):
+        arch = make(settings.backbone)
+        if ledger.find(arch) is None:
+            references.append(Forced(arch, name))
+    return reruns + references[:new], new
+
+
+def _init_ray(settings: SearchSettings) -> bool:
+    """Start (or connect to) Ray; ``True`` if this call started it and should shut it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Trials import this project's packages; workers of a local Ray inherit the driver's environment.
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    # OpenMP threads that spin while waiting burn the cores other trials (or other users) need: on a busy 2-core
+    # machine a 2-thread smoke trial took 24-74 s spinning and 7 s with passive waiting.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+                              "configure_logging": True}
+    if settings.address:
+        # A cluster's nodes need the project importable (pip install -e . on each, or a shared checkout here).
+        try:
+            env = {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+            ray.init(address=settings.address, runtime_env={"env_vars": env}, **common)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+            raise ConnectionError(" ".join(str(e).split()) or type(e).__name__) from None
+    else:
+        # No dashboard (no HTTP server) and no Ray client server. Ray 2.60 binds its gRPC services to all
+        # interfaces whatever the node IP (even _node_ip_address="127.0.0.1" is rewritten to the host's address);
+        # they are protected by Ray's token authentication, on by default.
+        ray.init(num_cpus=os.cpu_count(), num_gpus=0 if settings.gpus_per_trial == 0 else None, **common)
+    return True
+
+
+def _next_session(storage: str) -> int:
+    """Index of this session's Ray experiment directory (``session-N``): one per run or resume, never reused."""
+    if "://" in storage:
+        return int(time.time())  # a remote store is not listed here; a timestamp is unique enough
+    path = Path(storage)
+    return sum(1 for _ in path.glob("session-*")) if path.is_dir() else 0
+
+
+def _trial_dirname(trial) -> str:
+    # Ray's default name embeds the whole flattened config; the search's trial id is what users look for.
+    return f"{trial.config.get('trial_key', 'trial')}_{trial.trial_id}"
+
+
+def run(settings: SearchSettings, echo=print) -> SearchOutcome:
+    """Run or resume the search described by ``settings`` (validated by the caller; see ``run_search.py``)."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from results.report import finalize
+
+    from .progress import ProgressCallback, SearchStopper
+    from .scheduler import ParetoASHAScheduler
+    from .trainable import train_trial
+
+    out = settings.out_path
+    space = SearchSpace.from_spec(settings.backbone, settings.space_spec)
+    ledger = Ledger.open(out, settings.objectives)
+    forced, new = plan_forced(settings, ledger)
+    session_trials = len([f for f in forced if f.trial_id is not None]) + new
+
+    started_ray = _init_ray(settings) if session_trials else False
+    stopper = SearchStopper(settings.time_budget_min * 60 if settings.time_budget_min else None)
+    searcher = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        settings.write_manifest()
+        storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_DB).resolve()}")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        n_in_study = 0
+        if settings.resume:
+            try:
+                study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+            except KeyError:
+                study = None
+            if study is not None:
+                repaired = reconcile_study(study, ledger)
+                n_in_study = len(study.trials)
+                if any(repaired.values()):
+                    echo(f"resume: {repaired['interrupted']} interrupted Optuna trial(s) marked FAIL, "
+                         f"{repaired['told_from_record']} told from their records")
+            reruns = [f for f in forced if f.trial_id is not None]
+            echo(f"resume: {len(ledger.records)} finished trial(s) kept, {len(reruns)} interrupted one(s) run "
+                 f"again ({', '.join(f.trial_id for f in reruns) or 'none'}), {new} new to reach the budget of "
+                 f"{settings.budget}")
+        sampler = make_sampler(settings.sampler, session_seed(settings.seed, n_in_study), len(settings.objectives),
+                               settings.population_size)
+        searcher = ParetoOptunaSearch(space, ledger, settings.objectives, settings.modes, sampler, storage,
+                                      STUDY_NAME, forced)
+        ledger.flush()
+
+        if session_trials:
+            if settings.early_stopping:
+                scheduler = ParetoASHAScheduler(settings.objectives, settings.modes, settings.epochs,
+                                                settings.grace_period, settings.reduction_factor)
+                for record in ledger.records.values():
+                    if record.get("accuracy_curve"):
+                        scheduler.seed(record["trial_id"], record["accuracy_curve"],
+                                       {k: record.get(k) for k in settings.objectives[1:]})
+            else:
+                scheduler = FIFOScheduler()
+            progress = ProgressCallback(searcher, settings.budget, session_trials, settings.objectives,
+                                        settings.select, echo=echo)
+            trial_settings = {
+                "dataset": settings.dataset, "data_dir": settings.data_dir, "proxy": settings.proxy,
+                "seed": settings.seed, "device": settings.device, "threads": settings.cpus_per_trial,
+                "resolution": settings.resolution, "objectives": settings.objectives,
+            }
+            trainable = tune.with_resources(
+                tune.with_parameters(train_trial, settings=trial_settings),
+                {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+            )
+            # The legacy reporter honours verbose=0; the new one prints its table whatever the verbosity.
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            session = _next_session(settings.storage_path)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=session_trials,
+                    max_concurrent_trials=settings.max_concurrent,
+                    reuse_actors=True,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"session-{session}",
+                    storage_path=settings.storage_path,
+                    stop=stopper,
+                    callbacks=[progress],
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=settings.retries),
+                ),
+            )
+            echo(f"searching: {session_trials} trial(s) this session, up to {settings.max_concurrent} at a time "
+                 f"x {settings.cpus_per_trial} CPU(s)"
+                 + (f" + {settings.gpus_per_trial:g} GPU" if settings.gpus_per_trial else "")
+                 + f"; results in {out}")
+            with _graceful_interrupt(stopper, echo):
+                tuner.fit()
+            _close_unfinished(searcher, progress, stopper, echo)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    written = finalize(out, ledger.ordered_records(), settings.objectives, settings.select,
+                       resolution=settings.resolution, dataset=settings.dataset, num_classes=settings.num_classes) \
+        if ledger.records else {}
+    return SearchOutcome(
+        out=out,
+        launched_total=len(ledger.launches),
+        budget=settings.budget,
+        counts=ledger.counts(),
+        interrupted=stopper.interrupted,
+        timed_out=stopper.timed_out,
+        exhausted=bool(searcher and searcher._exhausted),
+        duplicates=searcher.duplicates if searcher else 0,
+        written={k: v for k, v in written.items() if isinstance(v, Path)},
+        best=written.get("best"),
+        reason=str(written.get("reason", "")),
+    )
+
+
+def _close_unfinished(searcher: ParetoOptunaSearch, progress, stopper, echo) -> None:
+    """Trials Ray ended without telling anyone: the whole search was stopped while they ran."""
+    left = [rid for rid in searcher.launched if rid not in searcher._completed_trials]
+    for rid in left:
+        launch = searcher.launched[rid]
+        if stopper.interrupted:
+            # Not recorded: --resume runs them again under the same id. The study learns they were cut off.
+            number = launch.optuna_number
+            if number is not None:
+                frozen = searcher.study.trials[number]
+                searcher.study._storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
+                searcher.study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+            continue
+        last = progress.last_results.get(rid)
+        why = "time budget reached" if stopper.timed_out else "search ended"
+        when = f"after epoch {last['epoch']}" if last and last.get("epoch") else "before its first epoch"
+        searcher.finish_unreported(rid, last, "stopped", f"{why} {when}")
+    if left and stopper.interrupted:
+        echo(f"interrupted: {len(left)} running trial(s) not recorded; --resume runs them again")
+
+
+class _graceful_interrupt:
+    """First Ctrl-C (or SIGTERM): stop launching, end running trials, write results. Second Ctrl-C: abort now."""
+
+    def __init__(self, stopper, echo) -> None:
+        self.stopper = stopper
+        self.echo = echo
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        # Ray Tune installs its own SIGINT handler inside fit() unless told not to; ours knows what to record.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stopper.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.stopper.interrupt()
+        self.echo("stopping: ending running trials and writing results (Ctrl-C again to abort at once)")
+        signal.signal(signal.SIGINT, self._handle)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

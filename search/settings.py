@@ -1,0 +1,173 @@
+"""The settings of one search, and the ``search.json`` manifest that keeps them in ``--out`` for ``--resume``.
+
+Settings fall in two kinds. *Search-defining* ones (backbone, dataset, proxy preset, objectives, sampler, seed,
+space, early-stopping rule, the NSGA-II population) fix what the search means: a resumed search must use the
+same, so a conflicting value on the command line is refused rather than silently mixed into one study.
+*Run-time* ones (budget, time budget, concurrency and resources, cluster address, device, retries, selection
+rule) may change between sessions; the budget may only grow past what was already launched.
+
+No Ray here: the CLI validates with this module before any Ray process starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from results.io import atomic_write_text
+
+__all__ = [
+    "MANIFEST",
+    "OBJECTIVE_COLUMNS",
+    "SEARCH_DEFINING",
+    "SearchSettings",
+    "objective_columns",
+    "objective_modes",
+]
+
+MANIFEST = "search.json"
+STUDY_DB = "study.db"
+JOURNAL = "launched.jsonl"
+STUDY_NAME = "scsa-search"
+MANIFEST_VERSION = 1
+
+# CLI objective name -> result / trials.csv column; directions come from results.pareto.OBJECTIVE_DIRECTIONS.
+OBJECTIVE_COLUMNS: dict[str, str] = {
+    "accuracy": "accuracy",
+    "gflops": "gflops",
+    "params": "params",
+    "latency": "latency_ms",
+    "latency_ms": "latency_ms",
+}
+
+SEARCH_DEFINING: tuple[str, ...] = (
+    "backbone",
+    "dataset",
+    "proxy",
+    "objectives",
+    "sampler",
+    "seed",
+    "space_spec",
+    "early_stopping",
+    "grace_period",
+    "reduction_factor",
+    "population_size",
+    "resolution",
+    "fidelity",
+)
+
+
+def objective_columns(text: str) -> list[str]:
+    """``"accuracy,gflops,latency"`` -> ``["accuracy", "gflops", "latency_ms"]``; ``ValueError`` naming the fix."""
+    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    allowed = "accuracy, gflops, params, latency"
+    if not names:
+        raise ValueError(f"--objectives is empty; give a comma-separated list from: {allowed}")
+    unknown = [n for n in names if n not in OBJECTIVE_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown objective {unknown[0]!r} in --objectives; choose from: {allowed} "
+                         f"(e.g. accuracy,gflops)")
+    columns = [OBJECTIVE_COLUMNS[n] for n in names]
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"--objectives lists an objective twice: {text!r}")
+    if "accuracy" not in columns or len(columns) < 2:
+        raise ValueError(f"--objectives must hold accuracy and at least one cost (gflops, params, latency), "
+                         f"got {text!r}")
+    return columns
+
+
+def objective_modes(columns: list[str]) -> list[str]:
+    """Ray's ``"max"`` / ``"min"`` per objective column."""
+    from results.pareto import OBJECTIVE_DIRECTIONS
+
+    return ["max" if OBJECTIVE_DIRECTIONS[c] == "maximize" else "min" for c in columns]
+
+
+@dataclass
+class SearchSettings:
+    """Everything ``search.run`` needs, already validated (see ``run_search.py``)."""
+
+    backbone: str
+    budget: int
+    out: str
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    proxy: str = "default"
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "gflops"])
+    sampler: str = "nsga2"
+    seed: int = 0
+    space_file: str | None = None
+    space_spec: Any = None  # the parsed space file (kept verbatim so resume does not need the file)
+    select: str = "knee"
+    device: str = "auto"
+    time_budget_min: float | None = None
+    max_concurrent: int = 1
+    cpus_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    storage: str | None = None
+    early_stopping: bool = True
+    grace_period: int = 1
+    reduction_factor: int = 3
+    retries: int = 0
+    population_size: int = 20
+    resolution: int = 224  # of the cost objectives (GFLOPs, latency): ImageNet-size, comparable with papers
+    num_classes: int = 10  # of the proxy dataset (for the exported configs)
+    epochs: int = 1  # of the proxy preset (the scheduler's max_t)
+    fidelity: dict | None = None  # the preset's settings when the search started: a resume must train the same
+    resume: bool = False
+
+    # -- derived ---------------------------------------------------------------------------------------------
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def storage_path(self) -> str:
+        """Where Ray's experiment directories go: ``--storage`` (a shared path or a URI such as ``s3://...``, for
+        clusters) or ``<out>/ray``."""
+        if not self.storage:
+            return str((self.out_path / "ray").resolve())
+        return self.storage if "://" in self.storage else str(Path(self.storage).expanduser().resolve())
+
+    @property
+    def modes(self) -> list[str]:
+        return objective_modes(self.objectives)
+
+    # -- manifest --------------------------------------------------------------------------------------------
+    def to_manifest(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("resume")
+        d["version"] = MANIFEST_VERSION
+        d["study_name"] = STUDY_NAME
+        return d
+
+    def write_manifest(self) -> Path:
+        path = self.out_path / MANIFEST
+        atomic_write_text(path, json.dumps(self.to_manifest(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @staticmethod
+    def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
+        """The manifest of the search in ``out``; ``FileNotFoundError`` / ``ValueError`` if there is none usable."""
+        path = Path(out) / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is unreadable ({e}); it does not describe a search that can be resumed") from None
+        if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"{path} is not a search manifest of this version ({MANIFEST_VERSION})")
+        return data
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any], **overrides: Any) -> SearchSettings:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,106 @@
+"""What one Ray trial runs: cost the config, train the proxy, report after every epoch.
+
+Every result carries the objectives (accuracy so far; GFLOPs, parameters and latency, known before training and
+the same in every result, so the scheduler can rank at any rung), the progress (``epoch`` of ``epochs``) and the
+search's own trial id (``trial_key``).
+
+A trial that raises — :class:`~evaluators.proxy.TrainingDiverged` on a NaN loss, an out-of-memory error, anything
+else — fails in Ray, which retries it up to ``--retries`` times (``FailureConfig(max_failures=...)``) and
+otherwise records it ``failed`` with the reason; the search goes on. Training is deterministic per seed, so a
+retry uses the next seed (``seed + attempt``; the driver sets ``attempt`` in the trial's config when Ray requeues
+it): the same seed would only diverge again.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+__all__ = ["FAULT_ENV", "TrialError", "train_trial"]
+
+# Fault injection, for testing the failure and retry paths end to end with real trials: a comma-separated list of
+# search trial ids (``t0003``) that raise TrainingDiverged at their first epoch, on every attempt, or only on
+# attempt k with ``t0003@k``. Unset in normal use.
+FAULT_ENV = "SCSA_SEARCH_INJECT_FAULT"
+
+
+def _inject_fault(trial_key: str, attempt: int) -> bool:
+    for item in filter(None, (t.strip() for t in os.environ.get(FAULT_ENV, "").split(","))):
+        name, _, only = item.partition("@")
+        if name == trial_key and (not only or int(only) == attempt):
+            return True
+    return False
+
+
+class TrialError(RuntimeError):
+    """Why a trial failed, as ``"<exception type>: <message>"``.
+
+    Ray pickles a trial's exception to the driver; an exception class whose constructor takes keyword-only
+    arguments (``TrainingDiverged``) cannot be unpickled there, and the reason would arrive as a ``TypeError``
+    about the constructor. One positional string always survives the trip.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+def train_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Ray Tune function trainable. ``config``: what the searcher suggested (``arch``, ``trial_key``, ``number``,
+    ``reference``; ``attempt``, set by the driver on a retry); ``settings``: the search's fixed settings (dataset,
+    proxy preset, device, threads, ...)."""
+    try:
+        _train(config, settings)
+    except Exception as e:
+        if isinstance(e, TrialError) or type(e).__module__.startswith("ray."):
+            raise  # Ray's own errors keep their type: Ray acts on some of them
+        # The full traceback goes to the worker's log; the exception that travels is the one-line reason, without
+        # the original chained to it (Ray copies the whole chain, which is what fails for such exceptions).
+        traceback.print_exc()
+        raise TrialError(f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+
+
+def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
+    import torch
+    from ray import tune
+
+    from evaluators.device import resolve_device
+    from evaluators.flops import measure
+    from evaluators.proxy import fidelity, train_proxy
+    from space import ArchConfig
+
+    threads = int(settings.get("threads") or 1)
+    torch.set_num_threads(threads)
+    arch = ArchConfig.from_dict(config["arch"]).validate()
+    device = resolve_device(settings.get("device", "auto"))
+    cost = measure(arch, resolution=settings["resolution"])
+    costs: dict[str, Any] = {"gflops": cost.gflops, "params": int(cost.params)}
+    if "latency_ms" in settings["objectives"]:
+        from evaluators.latency import measure_latency
+
+        costs["latency_ms"] = measure_latency(arch, resolution=settings["resolution"], device=device,
+                                              threads=threads).median_ms
+    attempt = int(config.get("attempt", 0))
+    seed = int(settings["seed"]) + attempt
+    fid = fidelity(settings["proxy"], threads=threads)
+    fault = _inject_fault(config["trial_key"], attempt)
+    for ep in train_proxy(arch, settings["dataset"], settings.get("data_dir"), fid, seed, device):
+        if fault:
+            from evaluators.proxy import TrainingDiverged
+
+            raise TrainingDiverged(f"injected by {FAULT_ENV} at epoch {ep.epoch}", epoch=ep.epoch, step=None,
+                                   loss=float("nan"))
+        tune.report({
+            "accuracy": ep.accuracy,
+            **costs,
+            "epoch": ep.epoch,
+            "epochs": ep.epochs,
+            "loss": ep.loss,
+            "val_loss": ep.val_loss,
+            "images_seen": ep.images_seen,
+            "train_time_s": ep.time_s,
+            "trial_key": config["trial_key"],
+            "reference": config.get("reference", ""),
+            "seed": seed,
+            "attempt": attempt,
+        })

@@ -1,0 +1,506 @@
+"""search: the multi-objective ASHA, the Optuna searcher that tells stopped trials as PRUNED, the ledger and resume
+repair on synthetic result streams; and end-to-end searches (``slow``) with real proxy trainings on Fashion-MNIST.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+
+from search.ledger import Launch, Ledger, config_key
+from search.optuna_search import MAX_DRAWS, Forced, ParetoOptunaSearch, reconcile_study
+from search.progress import ProgressCallback, SearchStopper, describe_error
+from search.run import plan_forced
+from search.samplers import SAMPLERS, check_sampler, make_sampler, session_seed
+from search.scheduler import (
+    ParetoASHAScheduler,
+    crowding_distance,
+    non_dominated_ranks,
+    promotes,
+    rung_milestones,
+)
+from search.settings import SearchSettings
+from space import ArchConfig, SearchSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+OBJ, MODES = ["accuracy", "gflops"], ["max", "min"]
+CONTINUE, STOP = "CONTINUE", "STOP"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+
+
+def test_non_dominated_ranks_sorts_into_fronts():
+    #            A: front 0    B: front 0    C: dominated by A and B    D: dominated by C only
+    points = [(0.90, 2.0), (0.80, 1.0), (0.70, 3.0), (0.60, 4.0)]
+    assert non_dominated_ranks(points, MODES).tolist() == [0, 0, 1, 2]
+
+
+def test_non_dominated_ranks_treats_nan_as_worst():
+    assert non_dominated_ranks([(np.nan, 1.0), (0.5, 1.0)], MODES).tolist() == [1, 0]
+
+
+def test_crowding_distance_gives_boundaries_infinity_and_interior_the_normalised_gap():
+    front = [(0.70, 1.0), (0.80, 2.0), (0.90, 4.0)]
+    d = crowding_distance(front, MODES)
+    assert np.isinf(d[0]) and np.isinf(d[2])
+    # accuracy gap (0.9 - 0.7)/0.2 = 1, gflops gap (4 - 1)/3 = 1
+    assert d[1] == pytest.approx(2.0)
+    assert np.isinf(crowding_distance(front[:2], MODES)).all()
+
+
+def test_promotes_by_non_dominated_rank_not_by_accuracy():
+    recorded = [(0.80, 1.0), (0.90, 2.0)]
+    # dominated by both: 2 of 3 ahead, keep ceil(3/2)=2 -> stop
+    assert not promotes(recorded, (0.70, 3.0), MODES, reduction_factor=2)
+    # the least accurate, but the cheapest: on the first front, an extreme (infinite crowding) -> continue
+    assert promotes(recorded, (0.60, 0.5), MODES, reduction_factor=2)
+    # the first trial at a rung always continues
+    assert promotes([], (0.10, 9.0), MODES, reduction_factor=3)
+
+
+def test_promotes_keeps_one_over_eta():
+    # Ten trials on one line of increasing accuracy and cost: all non-dominated, crowding decides.
+    recorded = [(0.5 + 0.04 * i, 1.0 + i) for i in range(9)]
+    # a dominated newcomer: 9 ahead of it, keep ceil(10/3)=4 -> stop
+    assert not promotes(recorded, (0.50, 9.5), MODES, reduction_factor=3)
+    # a newcomer that dominates everything continues
+    assert promotes(recorded, (0.99, 0.5), MODES, reduction_factor=3)
+
+
+def test_rung_milestones():
+    assert rung_milestones(1, 3, 27) == [1, 3, 9]
+    assert rung_milestones(1, 2, 8) == [1, 2, 4]
+    assert rung_milestones(1, 3, 2) == [1]
+    assert rung_milestones(2, 3, 2) == []
+
+
+# ------------------------------------------------------------------------------------------------ scheduler
+
+
+def _trial(tid: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid)
+
+
+def _result(key: str, epoch: int, acc: float, gflops: float, reference: str = "") -> dict:
+    return {"epoch": epoch, "epochs": 4, "accuracy": acc, "gflops": gflops, "trial_key": key, "reference": reference}
+
+
+def test_scheduler_promotes_by_non_dominated_rank_at_each_rung():
+    sched = ParetoASHAScheduler(OBJ, MODES, max_epochs=4, grace_period=1, reduction_factor=2)
+    assert sched.milestones == [1, 2]
+    decide = lambda key, epoch, acc, gf, ref="": sched.on_trial_result(None, _trial("ray-" + key),  # noqa: E731
+                                                                        _result(key, epoch, acc, gf, ref))
+    assert decide("a", 1, 0.80, 1.0) == CONTINUE  # first at the rung
+    assert decide("b", 1, 0.90, 2.0) == CONTINUE  # non-dominated
+    assert decide("c", 1, 0.70, 3.0) == STOP  # dominated by a and b
+    # Less accurate than every trial so far, which ASHA on accuracy would stop; the cheapest, so it stays.
+    assert decide("d", 1, 0.60, 0.5) == CONTINUE
+    assert sched.num_stopped == 1
+    # Between rungs nothing is decided; at the next rung the survivors are compared again.
+    assert sched.on_trial_result(None, _trial("ray-a"), {**_result("a", 1, 0.80, 1.0), "epoch": 1}) == CONTINUE
+    assert decide("a", 2, 0.85, 1.0) == CONTINUE
+    assert decide("b", 2, 0.95, 2.0) == CONTINUE
+    assert decide("d", 2, 0.55, 0.5) == CONTINUE  # still the cheapest
+    # A trial first seen at epoch 2 is ranked at rung 2: dominated by a, behind a, b and d; keep ceil(4/2) = 2.
+    assert decide("e", 2, 0.80, 1.5) == STOP
+    assert set(sched.rungs[1]) == {"a", "b", "c", "d"} and set(sched.rungs[2]) == {"a", "b", "d", "e"}
+
+
+def test_scheduler_never_stops_references_and_keeps_decisions_of_retried_trials():
+    sched = ParetoASHAScheduler(OBJ, MODES, max_epochs=4, grace_period=1, reduction_factor=2)
+    sched.on_trial_result(None, _trial("r1"), _result("a", 1, 0.80, 1.0))
+    sched.on_trial_result(None, _trial("r2"), _result("b", 1, 0.90, 2.0))
+    # dominated, but the paper's reference config: it runs the full schedule and still counts at the rung
+    assert sched.on_trial_result(None, _trial("r3"), _result("p", 1, 0.50, 5.0, "paper_default")) == CONTINUE
+    assert "p" in sched.rungs[1] and sched.num_stopped == 0
+    # a retried trial replays epoch 1 (a new seed, a worse accuracy): the first decision stands
+    assert sched.on_trial_result(None, _trial("r1"), _result("a", 1, 0.10, 1.0)) == CONTINUE
+    assert sched.rungs[1]["a"] == (0.80, 1.0)
+
+
+def test_scheduler_seeded_from_earlier_curves_ranks_newcomers_against_them():
+    sched = ParetoASHAScheduler(OBJ, MODES, max_epochs=4, grace_period=1, reduction_factor=2)
+    sched.seed("t0000", [0.80, 0.85, 0.9, 0.92], {"gflops": 1.0})
+    sched.seed("t0001", [0.90], {"gflops": 2.0})  # stopped at epoch 1: only rung 1
+    assert set(sched.rungs[1]) == {"t0000", "t0001"} and set(sched.rungs[2]) == {"t0000"}
+    assert sched.on_trial_result(None, _trial("x"), _result("t0002", 1, 0.70, 3.0)) == STOP
+
+
+def test_scheduler_without_rungs_stops_nothing():
+    sched = ParetoASHAScheduler(OBJ, MODES, max_epochs=1)
+    assert sched.milestones == []
+    assert sched.on_trial_result(None, _trial("x"), _result("a", 1, 0.0, 99.0)) == CONTINUE
+
+
+# ------------------------------------------------------------------------------------------------ ledger
+
+
+def _launch(n: int, arch: ArchConfig, reference: str = "", optuna_number: int | None = None) -> Launch:
+    return Launch(number=n, trial_id=f"t{n:04d}", config=arch.to_dict(), reference=reference,
+                  optuna_number=optuna_number)
+
+
+def _record(launch: Launch, status: str, acc: float | None = 0.5, gflops: float = 1.0, **extra) -> dict:
+    return {"trial_id": launch.trial_id, "number": launch.number, "status": status, "reference": launch.reference,
+            "accuracy": acc, "gflops": gflops, "params": 10, "fidelity": 1.0 if status == "completed" else 0.5,
+            "epochs_done": 2, "time_s": 1.0, "error": "", "config": launch.config, **extra}
+
+
+def test_ledger_round_trip_and_unfinished(tmp_path):
+    base, paper = ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18")
+    ledger = Ledger.open(tmp_path, OBJ)
+    a, b = _launch(0, base, "baseline", 0), _launch(1, paper, "paper_default", 1)
+    ledger.launch(a)
+    ledger.launch(b)
+    ledger.finish(_record(a, "completed", accuracy_curve=[0.4, 0.5]))
+    # a torn last line (kill -9 while appending) is ignored
+    with open(tmp_path / "launched.jsonl", "a") as fh:
+        fh.write('{"number": 2, "trial')
+    again = Ledger.open(tmp_path, OBJ)
+    assert list(again.launches) == ["t0000", "t0001"]
+    assert again.unfinished_ids() == ["t0001"]
+    assert again.records["t0000"]["accuracy_curve"] == [0.4, 0.5]
+    assert again.find(ArchConfig.baseline("resnet18"))[0] == "t0000"
+    assert again.find(ArchConfig.paper_default("resnet18")) == ("t0001", None)
+    assert again.next_number() == 2
+    assert config_key(base) == config_key(base.to_dict())
+
+
+def test_plan_forced_reruns_interrupted_trials_first_and_counts_them_once(tmp_path):
+    base, paper = ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18")
+    ledger = Ledger.open(tmp_path, OBJ)
+    settings = SearchSettings(backbone="resnet18", budget=5, out=str(tmp_path))
+    forced, new = plan_forced(settings, ledger)
+    assert [f.reference for f in forced] == ["baseline", "paper_default"] and new == 5
+    a, b = _launch(0, base, "baseline"), _launch(1, paper, "paper_default")
+    ledger.launch(a)
+    ledger.launch(b)
+    ledger.finish(_record(a, "completed"))
+    forced, new = plan_forced(settings, ledger)
+    assert [(f.trial_id, f.number, f.reference) for f in forced] == [("t0001", 1, "paper_default")]
+    assert new == 3  # 5 - 2 launched; the re-run of t0001 is not counted again
+    # a budget of 1 leaves no room for the second reference
+    forced, new = plan_forced(SearchSettings(backbone="resnet18", budget=1, out=str(tmp_path / "x")),
+                              Ledger.open(tmp_path / "x", OBJ))
+    assert [f.reference for f in forced] == ["baseline"] and new == 1
+
+
+# ------------------------------------------------------------------------------------------------ the searcher
+
+
+def _searcher(tmp_path, space: SearchSpace, forced=(), seed: int = 0) -> ParetoOptunaSearch:
+    ledger = Ledger.open(tmp_path, OBJ)
+    return ParetoOptunaSearch(space, ledger, OBJ, MODES, optuna.samplers.RandomSampler(seed=seed), None,
+                              "scsa-search", forced)
+
+
+def _epoch(epoch: int, epochs: int, acc: float, gflops: float) -> dict:
+    return {"epoch": epoch, "epochs": epochs, "accuracy": acc, "gflops": gflops, "params": 100,
+            "time_total_s": float(epoch)}
+
+
+def _state_of(search: ParetoOptunaSearch, trial_id: str) -> optuna.trial.TrialState:
+    (trial,) = [t for t in search.study.trials if t.user_attrs.get("trial_id") == trial_id]
+    return trial.state
+
+
+def test_stopped_trials_are_told_pruned_never_complete(tmp_path):
+    space = SearchSpace("resnet18")
+    refs = [Forced(ArchConfig.baseline("resnet18"), "baseline"),
+            Forced(ArchConfig.paper_default("resnet18"), "paper_default")]
+    search = _searcher(tmp_path, space, refs)
+    stream = {  # Ray trial id -> accuracy per epoch reached (schedule: 3 epochs)
+        "r0": [0.5, 0.6, 0.7],  # completes
+        "r1": [0.4, 0.5, 0.8],  # completes
+        "r2": [0.9],  # stopped by the scheduler at epoch 1, with the best accuracy so far
+        "r3": [0.3, 0.35],  # stopped at epoch 2
+    }
+    configs = {rid: search.suggest(rid) for rid in stream}
+    assert configs["r0"]["reference"] == "baseline" and configs["r1"]["reference"] == "paper_default"
+    assert [c["trial_key"] for c in configs.values()] == ["t0000", "t0001", "t0002", "t0003"]
+    for rid, curve in stream.items():
+        for epoch, acc in enumerate(curve, start=1):
+            search.on_trial_result(rid, _epoch(epoch, 3, acc, 1.0 + epoch / 10))
+        # Ray calls on_trial_complete with the last result for natural ends *and* scheduler stops alike.
+        search.on_trial_complete(rid, _epoch(len(curve), 3, curve[-1], 1.0 + len(curve) / 10))
+    states = {t.user_attrs["trial_id"]: t.state for t in search.study.trials}
+    assert states == {"t0000": optuna.trial.TrialState.COMPLETE, "t0001": optuna.trial.TrialState.COMPLETE,
+                      "t0002": optuna.trial.TrialState.PRUNED, "t0003": optuna.trial.TrialState.PRUNED}
+    pruned = [t for t in search.study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.values is None for t in pruned)
+    assert pruned[0].user_attrs["accuracy_curve"] == [0.9] and not pruned[0].intermediate_values
+    # the sampler's and the dashboard's front hold completed trials only
+    assert {t.user_attrs["trial_id"] for t in search.study.best_trials} <= {"t0000", "t0001"}
+    with open(tmp_path / "trials.csv") as fh:
+        rows = {r["trial_id"]: r for r in csv.DictReader(fh)}
+    assert [rows[t]["status"] for t in sorted(rows)] == ["completed", "completed", "stopped", "stopped"]
+    assert rows["t0002"]["fidelity"] == str(1 / 3) or float(rows["t0002"]["fidelity"]) == pytest.approx(1 / 3)
+    with open(tmp_path / "pareto.csv") as fh:
+        assert {r["trial_id"] for r in csv.DictReader(fh)} <= {"t0000", "t0001"}
+
+
+def test_failed_trials_are_told_fail_and_a_missing_result_is_not_complete(tmp_path):
+    search = _searcher(tmp_path, SearchSpace("resnet18"))
+    search.suggest("r0")
+    search.suggest("r1")
+    search.on_trial_complete("r0", None, error=True)
+    search.on_trial_complete("r1", {"epoch": 3, "epochs": 3, "accuracy": float("nan"), "gflops": 1.0})
+    assert _state_of(search, "t0000") == optuna.trial.TrialState.FAIL
+    assert _state_of(search, "t0001") == optuna.trial.TrialState.FAIL  # NaN objective: failed, not COMPLETE
+    # a second notification of the same trial changes nothing
+    search.on_trial_complete("r0", _epoch(3, 3, 0.9, 1.0))
+    assert _state_of(search, "t0000") == optuna.trial.TrialState.FAIL
+
+
+def test_duplicates_are_answered_from_the_record_and_exhaustion_finishes(tmp_path):
+    # A space with one config (no attention anywhere): after the first trial, every suggestion is a duplicate.
+    space = SearchSpace.from_spec("resnet18", {"attn": ["none"]})
+    search = _searcher(tmp_path, space)
+    config = search.suggest("r0")
+    assert config["arch"] == ArchConfig.baseline("resnet18").to_dict()
+    # while r0 runs, its duplicates wait for its outcome; nothing else can be proposed: wait (None)
+    assert search.suggest("r1") is None
+    assert search.duplicates == MAX_DRAWS
+    assert search.suggest("r1") is None and search.duplicates == MAX_DRAWS  # no re-asking until something changes
+    search.on_trial_complete("r0", _epoch(3, 3, 0.7, 1.8))
+    duplicates = [t for t in search.study.trials if "duplicate_of" in t.user_attrs]
+    assert len(duplicates) == MAX_DRAWS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and t.values == [0.7, 1.8] for t in duplicates)
+    # nothing running any more and the space is exhausted: the search finishes early
+    assert search.suggest("r2") == "FINISHED"
+    assert len(search._ledger.launches) == 1  # duplicates cost no budget
+
+
+def test_reference_outside_the_space_runs_without_an_optuna_trial(tmp_path):
+    space = SearchSpace.from_spec("resnet18", {"attn": ["scsa"]})  # excludes the plain backbone
+    search = _searcher(tmp_path, space, [Forced(ArchConfig.baseline("resnet18"), "baseline"),
+                                         Forced(ArchConfig.paper_default("resnet18"), "paper_default")])
+    assert search.suggest("r0")["reference"] == "baseline"
+    assert search.suggest("r1")["reference"] == "paper_default"
+    assert len(search.study.trials) == 1  # only the paper default (inside the space) is an Optuna trial
+    assert search.study.trials[0].params["s1_attn"] == "scsa"
+    search.on_trial_complete("r0", _epoch(3, 3, 0.5, 1.8))
+    search.on_trial_complete("r1", _epoch(3, 3, 0.6, 1.9))
+    assert set(search._ledger.records) == {"t0000", "t0001"}
+    assert search._ledger.launches["t0000"].optuna_number is None
+
+
+def test_reconcile_study_repairs_a_killed_session(tmp_path):
+    space = SearchSpace("resnet18")
+    search = _searcher(tmp_path, space)
+    for rid in ("r0", "r1", "r2"):
+        search.suggest(rid)
+    ledger = search._ledger
+    # r0 finished properly; r1's record was written but the kill came before Optuna was told; r2 was running
+    search.on_trial_complete("r0", _epoch(3, 3, 0.7, 1.5))
+    launch1 = ledger.launches["t0001"]
+    ledger.finish(_record(launch1, "completed", acc=0.8, gflops=1.6))
+    search.study.enqueue_trial({"s1_attn": "none"})  # a WAITING trial left behind
+    repaired = reconcile_study(search.study, Ledger.open(tmp_path, OBJ))
+    assert repaired == {"told_from_record": 1, "interrupted": 2}
+    states = {t.number: (t.state, t.values, t.user_attrs.get("interrupted")) for t in search.study.trials}
+    assert states[1] == (optuna.trial.TrialState.COMPLETE, [0.8, 1.6], None)
+    assert states[2][0] == optuna.trial.TrialState.FAIL and states[2][2] is True
+    assert states[3][0] == optuna.trial.TrialState.FAIL
+
+
+# ------------------------------------------------------------------------------------------------ progress, stop
+
+
+class _FakeRayTaskError(Exception):
+    def __init__(self, cause):
+        super().__init__("Traceback (most recent call last): ...long...")
+        self.cause = cause
+
+
+def test_failed_trial_recorded_with_its_reason(tmp_path):
+    search = _searcher(tmp_path, SearchSpace("resnet18"))
+    search.suggest("r0")
+    lines = []
+    progress = ProgressCallback(search, total=3, session_trials=3, objectives=OBJ, echo=lines.append)
+    from evaluators.proxy import TrainingDiverged
+
+    cause = TrainingDiverged("training diverged: loss is nan at epoch 1/2", epoch=1, step=3, loss=float("nan"))
+    trial = SimpleNamespace(trial_id="r0", get_pickled_error=lambda: _FakeRayTaskError(cause),
+                            get_error=lambda: "", num_failures=1)
+    search.on_trial_complete("r0", None, error=True)  # what Ray calls first
+    progress.on_trial_error(0, [], trial)
+    record = search._ledger.records["t0000"]
+    assert record["status"] == "failed"
+    assert record["error"] == "TrainingDiverged: training diverged: loss is nan at epoch 1/2"
+    assert lines and "failed 1" in lines[-1]
+    oom = SimpleNamespace(get_pickled_error=lambda: None, get_error=lambda: "Trace\n  ...\nRuntimeError: CUDA out of "
+                          "memory. Tried to allocate 2 GiB\n")
+    assert describe_error(oom) == "out of memory: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+
+
+def test_stopper_stops_all_on_time_budget_or_interrupt():
+    assert not SearchStopper(None).stop_all()
+    spent = SearchStopper(0.0)
+    time.sleep(0.01)
+    assert spent.stop_all() and spent.timed_out and not spent.interrupted
+    s = SearchStopper(3600)
+    s.interrupt()
+    assert s.stop_all() and s.interrupted and not s.timed_out
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+
+
+def test_samplers_are_multi_objective_or_refused_clearly():
+    for name in SAMPLERS:
+        try:
+            check_sampler(name, 2)
+        except ValueError as e:  # only for missing optional dependencies, saying which
+            assert "pip install" in str(e)
+            continue
+        sampler = make_sampler(name, seed=0, n_objectives=2, population_size=4)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        space = SearchSpace("resnet18")
+        for i in range(12):  # past every sampler's start-up phase, with the states the searcher produces
+            trial = study.ask()
+            arch = space.suggest(trial)
+            if i % 4 == 1:
+                trial.set_user_attr("accuracy_curve", [0.1])
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif i % 4 == 2:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, [len(config_key(arch)) % 7 / 7, float(len(arch.describe()))])
+        assert len(study.best_trials) >= 1
+    with pytest.raises(ValueError, match="unknown sampler"):
+        check_sampler("cmaes", 2)
+
+
+def test_session_seed_changes_on_resume_only():
+    assert session_seed(7, 0) == 7
+    assert session_seed(7, 12) != 7 and session_seed(7, 12) == session_seed(7, 12)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def _run(args: list[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "trials.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _non_dominated(rows: list[dict]) -> set[str]:
+    done = [r for r in rows if r["status"] == "completed"]
+    front = set()
+    for r in done:
+        a, g = float(r["accuracy"]), float(r["gflops"])
+        dominated = any(float(o["accuracy"]) >= a and float(o["gflops"]) <= g
+                        and (float(o["accuracy"]) > a or float(o["gflops"]) < g) for o in done)
+        if not dominated:
+            front.add(r["trial_id"])
+    return front
+
+
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-MNIST not installed at {FASHION}")
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_search_end_to_end(tmp_path):
+    """6 real smoke trials: files, statuses, front, study — and a failure and a retry, injected."""
+    out = tmp_path / "run"
+    started = time.time()
+    proc = _run(["--budget", "6", "--backbone", "resnet18", "--proxy", "smoke", "--out", str(out),
+                 "--max-concurrent", "1", "--retries", "1"],
+                env={"SCSA_SEARCH_INJECT_FAULT": "t0003@0,t0004"})  # t0003 fails once then succeeds; t0004 always
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(out)
+    assert [r["trial_id"] for r in rows] == [f"t{i:04d}" for i in range(6)]
+    assert [r["reference"] for r in rows[:2]] == ["baseline", "paper_default"]
+    assert ArchConfig.from_dict(json.loads(rows[0]["config_json"])) == ArchConfig.baseline("resnet18")
+    assert len({r["config_json"] for r in rows}) == 6  # never the same config twice
+    assert {r["status"] for r in rows} <= {"completed", "stopped", "failed"}
+    failed = {r["trial_id"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert list(failed) == ["t0004"] and failed["t0004"].startswith("TrainingDiverged: injected")
+    retried = next(r for r in rows if r["trial_id"] == "t0003")
+    assert retried["status"] != "failed" and retried["seed"] == "1"  # the retry ran with the next seed
+    for r in rows:
+        if r["status"] == "stopped":
+            assert float(r["fidelity"]) < 1.0
+        if r["status"] == "completed":
+            assert float(r["fidelity"]) == 1.0 and float(r["gflops"]) > 0
+    with open(out / "pareto.csv", newline="") as fh:
+        front = {r["trial_id"] for r in csv.DictReader(fh)}
+    assert front == _non_dominated(rows) and front
+    for name in ("pareto.png", "best_config.json", "study.db", "search.json", "trials.parquet"):
+        assert (out / name).stat().st_size > 0, name
+    best = ArchConfig.from_dict(json.loads((out / "best_config.json").read_text()))
+    assert best.backbone == "resnet18"
+    study = optuna.load_study(study_name="scsa-search", storage=f"sqlite:///{out / 'study.db'}")
+    expected = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
+    by_id = {t.user_attrs["trial_id"]: t.state.name for t in study.trials if "duplicate_of" not in t.user_attrs}
+    assert by_id == {r["trial_id"]: expected[r["status"]] for r in rows}
+    assert "chosen by knee" in proc.stdout and str(out / "best_config.json") in proc.stdout
+    print(f"end-to-end search of 6 smoke trials: {time.time() - started:.0f}s")
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
+    out = tmp_path / "run"
+    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--budget", "6", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    before: list[dict] = []
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if (out / "trials.csv").exists():
+                before = _rows(out)
+                if sum(r["status"] == "completed" for r in before) >= 3:
+                    break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert sum(r["status"] == "completed" for r in before) >= 3, "the search ended before 3 trials completed"
+    before = _rows(out)  # what the kill left
+    assert len(before) < 6
+
+    resumed = _run(["--resume", "--budget", "8", *args])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = _rows(out)
+    assert len(after) == 8
+    assert [r["trial_id"] for r in after] == [f"t{i:04d}" for i in range(8)]
+    assert sorted(int(r["number"]) for r in after) == list(range(8))
+    assert len({r["config_json"] for r in after}) == 8
+    kept = {r["trial_id"]: r for r in after}
+    for r in before:  # nothing recorded before the kill was lost or re-run
+        assert {k: kept[r["trial_id"]][k] for k in ("status", "accuracy", "time_s", "config_json")} == \
+               {k: r[k] for k in ("status", "accuracy", "time_s", "config_json")}
+    study = optuna.load_study(study_name="scsa-search", storage=f"sqlite:///{out / 'study.db'}")
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    completed_ids = [t.user_attrs["trial_id"] for t in study.trials
+                     if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs]
+    assert len(completed_ids) == len(set(completed_ids))  # no trial told COMPLETE twice
+    # a new search into that --out is refused; a resume with nothing left to do just re-renders the results
+    refused = _run(["--budget", "8", *args])
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    again = _run(["--resume", *args])
+    assert again.returncode == 0 and len(_rows(out)) == 8
