@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scsa_ops import channel_product, strip_product
+from .scsa_ops import channel_attention, depthwise_conv1d, gated_strip_product, pool_plain, use_plain_ops
 
 GATES = ("sigmoid", "softmax")
 POOLS = ("avg", "max")
@@ -158,60 +158,74 @@ class SCSA(nn.Module):
 
     def pooled_size(self, height: int, width: int) -> tuple[int, int]:
         """PCSA's pooled grid (H', W') for a ``height`` x ``width`` map, after clamping the window to the map."""
-        if self.window == -1:
-            return 1, 1
-        return height // min(self.window, height), width // min(self.window, width)
+        kh, kw = self.pool_kernel(height, width)
+        return height // kh, width // kw
 
-    def _smsa(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+    def pool_kernel(self, height: int, width: int) -> tuple[int, int]:
+        """PCSA's pooling window (= stride) on a ``height`` x ``width`` map: the window clamped to the map."""
+        if self.window == -1:
+            return height, width
+        return min(self.window, height), min(self.window, width)
+
+    def _pool(self, xs: torch.Tensor) -> torch.Tensor:
+        return pool_plain(xs, self.pool_kernel(*xs.shape[-2:]), self.pool)
+
+    def _strip_gates(self, x_h: torch.Tensor, x_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SMSA: the strip means (B, C, H) and (B, C, W) -> the spatial gates a_h, a_w of the same shapes."""
+        b, c, h = x_h.shape
         k_max = max(self.kernels)
         gap = k_max // 2
         weight, bias = self._fused_kernel()
-        x_h = x.mean(dim=3)
-        x_w = x.mean(dim=2)
         # H strip, zero gap, W strip: one convolution serves both strips and all groups exactly.
         parts = [x_h, x_h.new_zeros(b, c, gap), x_w] if gap else [x_h, x_w]
-        strips = F.conv1d(torch.cat(parts, dim=2), weight, bias, padding=gap, groups=c)
+        strips = depthwise_conv1d(torch.cat(parts, dim=2), weight, bias)
         a_h = F.group_norm(strips[:, :, :h], self.groups, self.norm_h.weight, self.norm_h.bias, self.norm_h.eps)
         a_w = F.group_norm(strips[:, :, h + gap :], self.groups, self.norm_w.weight, self.norm_w.bias, self.norm_w.eps)
         if self.gate == "sigmoid":
-            a_h, a_w = a_h.sigmoid(), a_w.sigmoid()
-        else:
-            a_h, a_w = a_h.softmax(dim=2), a_w.softmax(dim=2)
-        return strip_product(x, a_h, a_w)
+            return a_h.sigmoid(), a_w.sigmoid()
+        return a_h.softmax(dim=2), a_w.softmax(dim=2)
 
-    def _pool(self, xs: torch.Tensor) -> torch.Tensor:
-        h, w = xs.shape[-2:]
-        if self.window == -1:
-            return xs.mean(dim=(2, 3), keepdim=True) if self.pool == "avg" else xs.amax(dim=(2, 3), keepdim=True)
-        kernel = (min(self.window, h), min(self.window, w))
-        if kernel == (h, w):  # a single cell: a plain reduction is cheaper than a pooling kernel
-            return xs.mean(dim=(2, 3), keepdim=True) if self.pool == "avg" else xs.amax(dim=(2, 3), keepdim=True)
-        if self.pool == "avg":
-            return F.avg_pool2d(xs, kernel, kernel)
-        return F.max_pool2d(xs, kernel, kernel)
+    def _channel_params(self) -> list[torch.Tensor]:
+        params = [self.norm.weight, self.norm.bias, self.qkv_weight]
+        return params if self.qkv_bias is None else [*params, self.qkv_bias]
 
-    def _pcsa(self, xs: torch.Tensor) -> torch.Tensor:
-        b, c = xs.shape[:2]
-        y = self._pool(xs)
-        y = F.group_norm(y, 1, self.norm.weight, self.norm.bias, self.norm.eps).flatten(2)  # (B, C, N)
-        qkv = y.unsqueeze(1) * self.qkv_weight[None, :, :, None]
-        if self.qkv_bias is not None:
-            qkv = qkv + self.qkv_bias[None, :, :, None]
+    def _channel_gate(
+        self,
+        y: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        qkv_weight: torch.Tensor,
+        qkv_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """PCSA on the pooled map y (B, C, H', W') -> channel gate (B, C, 1, 1); parameters passed explicitly
+        so that the fused full-map node can differentiate this small graph on its own."""
+        b, c = y.shape[0], self.channels
+        y = F.group_norm(y, 1, norm_weight, norm_bias, self.norm.eps).flatten(2)  # (B, C, N)
+        qkv = y.unsqueeze(1) * qkv_weight[None, :, :, None]
+        if qkv_bias is not None:
+            qkv = qkv + qkv_bias[None, :, :, None]
         head_dim = c // self.heads
         # (B, 3, C, N) -> 3 x (B, heads, C/heads, N): channels are the tokens, pooled positions the features.
         q, k, v = qkv.view(b, 3, self.heads, head_dim, -1).unbind(1)
-        z = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=head_dim**-0.5
-        )
-        z = z.mean(dim=3).reshape(b, c, 1, 1)
+        z = channel_attention(q, k, v, head_dim**-0.5, self.attn_drop if self.training else 0.0)
+        z = z.reshape(b, c, 1, 1)
         return z.sigmoid() if self.gate == "sigmoid" else z.softmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"SCSA expects (B, {self.channels}, H, W) input, got {tuple(x.shape)}")
-        xs = self._smsa(x)
-        return channel_product(xs, self._pcsa(xs))
+        h, w = x.shape[-2:]
+        plain = use_plain_ops(x, *self.parameters())
+        if plain:
+            x_h, x_w = x.mean(dim=3), x.mean(dim=2)
+        else:
+            # mean's backward materialises a full-size map; sum's is a broadcast view that autograd adds in place
+            # into grad_x, and the division is on the strip.
+            x_h, x_w = x.sum(dim=3).div(w), x.sum(dim=2).div(h)
+        a_h, a_w = self._strip_gates(x_h, x_w)
+        return gated_strip_product(
+            x, a_h, a_w, self.pool_kernel(h, w), self.pool, self._channel_gate, self._channel_params()
+        )
 
     @classmethod
     def from_official(cls, config: Mapping, state_dict: Mapping[str, torch.Tensor] | None = None) -> SCSA:
