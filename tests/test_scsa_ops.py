@@ -97,7 +97,11 @@ MODULE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kwargs", MODULE_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def _case_id(kw: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+
+
+@pytest.mark.parametrize("kwargs", MODULE_CASES, ids=_case_id)
 @pytest.mark.parametrize("size", [(7, 7), (9, 6)])
 def test_module_gradcheck(kwargs, size, small_chunks):
     torch.manual_seed(0)
