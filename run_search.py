@@ -12,6 +12,7 @@ created or overwritten. The search itself lives in ``search`` (the only package 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -434,8 +435,66 @@ def _print_outcome(outcome, settings) -> None:
         print(f"no config chosen: {outcome.reason}")
 
 
+def train_main(argv: list[str]) -> int:
+    """``run_search.py train --config best_config.json --epochs N``: full training of an exported config."""
+    ap = _Parser(prog="run_search.py train", description="Train an exported architecture at full schedule with "
+                 "the proxy's training code; writes model.pth (state dict), metrics.json (test accuracy), arch.json.")
+    ap.add_argument("--config", required=True, help="best_config.json of a search (an ArchConfig)")
+    ap.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10", "cifar100",
+                                                                   "imagefolder"))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--download", action="store_true")
+    ap.add_argument("--epochs", type=_positive_int("--epochs"), default=30)
+    ap.add_argument("--preset", choices=PROXIES, default="thorough", help="optimiser/resolution settings to reuse")
+    ap.add_argument("--resolution", type=_positive_int("--resolution"), default=None)
+    ap.add_argument("--seed", type=_int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="default: train-<backbone>-<dataset>")
+    try:
+        args = ap.parse_args(argv)
+        from evaluators.data import DatasetNotFoundError, check_dataset
+        from evaluators.device import resolve_device
+        from space.timm_models import load_arch
+
+        try:
+            raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise UsageError(f"cannot read --config {args.config}: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--config {args.config} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        try:
+            from space import ArchConfig
+
+            arch = ArchConfig.from_dict(raw).validate()
+            load_arch(arch, arch.backbone)
+            check_dataset(args.dataset, args.data_dir, args.download)
+            resolve_device(args.device)
+        except (ValueError, DatasetNotFoundError) as e:
+            raise UsageError(str(e).splitlines()[0]) from None
+        out = Path(args.out or f"train-{arch.backbone}-{args.dataset}")
+        if (out / "model.pth").exists():
+            raise UsageError(f"{out} already holds a trained model.pth; choose another --out")
+    except UsageError as e:
+        print(f"run_search.py train: error: {e}", file=sys.stderr)
+        return 2
+    from evaluators.train import train_full
+
+    def show(r) -> None:
+        print(f"epoch {r.epoch}/{r.epochs}: val accuracy {100 * r.accuracy:.2f}%, loss {r.loss:.4f}, "
+              f"{r.time_s:.0f}s", flush=True)
+
+    metrics = train_full(arch, out, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                         preset=args.preset, resolution=args.resolution, seed=args.seed, device=args.device,
+                         download=args.download, on_epoch=show)
+    print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%; wrote {out}/model.pth, metrics.json, arch.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``scsa-search``); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return train_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         result = validate(args)

@@ -1,8 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Idle OpenMP threads spinning on a busy 2-core machine slow every test several-fold; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
