@@ -174,12 +174,28 @@ def _check_names(overrides: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown fidelity setting(s) {', '.join(unknown)}; valid: {', '.join(allowed)}")
 
 
-# Measured on this project's reference machine: 2 cores of an AMD EPYC (no GPU), torch 2.x, Fashion-MNIST,
-# seed 0, threads=2. "s/trial" is wall time of a whole trial (build + all epochs + validation) on an idle machine;
-# see the report in bench/ for how it was taken. Map sizes are what resnet50's (and resnet18's) attention slots see
-# per stage (layer1/2/3/4) at the preset's resolution.
+# Measured on the reference machine: 2 vCPUs of an AMD EPYC, no GPU, torch 2.14, Fashion-MNIST, seed 0. "cpu-s"
+# is the CPU time of one whole trial (model build, training subset, every epoch and its validation) with
+# threads=1, which other processes on the machine barely disturb; "~s on 2 cores" divides it by 1.78, the
+# 2-thread speedup measured on an idle machine. "base" = ArchConfig.baseline, "paper" = ArchConfig.paper_default
+# (SCSA in every block: the dearest config of the space). "maps" = what the attention slots of resnet18 and
+# resnet50 see per stage (layer1/2/3/4) at the preset's resolution.
+#
+# Why these settings (all measured on resnet18/resnet50, see the report that came with this file):
+# * no augmentation: in a proxy almost every image is seen once or twice, so crop + flip only make the task harder
+#   (resnet18, 40 px, 1024 images x 2 epochs: 0.669 -> 0.792 val accuracy without it; 4096 x 4 at 64 px:
+#   0.819 -> 0.882). Full trainings should set augment=True.
+# * AdamW 3e-3, batch 32, short warm-up: more steps per image beat larger batches at a fixed image budget
+#   (0.669 vs 0.598 for batch 32 vs 64); SGD(0.1, Nesterov) was lower (0.616 vs 0.669).
+# * fresh images beat repeated ones: 1536 images x 2 epochs (0.732) > 1024 x 3 (0.697), both with augmentation.
+# * channels_last: +16% for resnet50 on CPU (46 -> 54 img/s per core at 48 px), neutral for resnet18 and with
+#   SCSA (-7% .. +6%).
+# * threads: with other processes on the same cores, threads=1 per trial is far better than 2 (OpenMP threads
+#   spin while waiting for a descheduled partner: this test suite took 27 CPU-s at 1 thread, 118 at 2).
 PRESETS: dict[str, Fidelity] = {
-    # MEASURED-SMOKE
+    # Seconds, for tests and wiring checks: the accuracy means nothing (chance after 2 x 256 images).
+    # 32 px -> maps 8/4/2/1: stage 4 is 1x1, where SMSA is degenerate (but runs).
+    # resnet18 base 3.2 cpu-s (~2 s on 2 cores), paper 4.2; resnet50 base 8.3 (~5 s), paper 10.4.
     "smoke": Fidelity(
         train_images=256,
         val_images=128,
@@ -194,7 +210,10 @@ PRESETS: dict[str, Fidelity] = {
         channels_last=True,
         eval_batch_size=128,
     ),
-    # MEASURED-FAST
+    # Quick screening, resnet18-class backbones: one epoch of 1536 fresh images, so the scheduler has nothing to
+    # stop (every trial runs to the end). 40 px -> maps 10/5/3/2.
+    # resnet18 base 13.9 cpu-s (~8 s on 2 cores), val accuracy 0.780 (seeds 1, 2: 0.790, 0.762); paper 19.3
+    # cpu-s (~11 s), 0.786. resnet50 base 29.4 cpu-s (~17 s), 0.742; paper 39.0 (~22 s), 0.728.
     "fast": Fidelity(
         train_images=1536,
         val_images=500,
@@ -208,7 +227,10 @@ PRESETS: dict[str, Fidelity] = {
         augment=False,
         channels_last=True,
     ),
-    # MEASURED-DEFAULT
+    # The search default, sized for resnet50 at <= 30 s per trial on 2 cores; two epochs of 768 images, so the
+    # scheduler can stop a trial after the first. 48 px -> maps 12/6/3/2.
+    # resnet50 base 37.5 cpu-s (~21 s on 2 cores), val accuracy 0.518 -> 0.754; paper 48.8 cpu-s (~27 s),
+    # 0.540 -> 0.738. resnet18 base 17.1 cpu-s (~10 s), 0.768; paper 23.3 (~13 s), 0.762.
     "default": Fidelity(
         train_images=768,
         val_images=500,
@@ -222,7 +244,11 @@ PRESETS: dict[str, Fidelity] = {
         augment=False,
         channels_last=True,
     ),
-    # MEASURED-THOROUGH
+    # Fewer, better-ranked trials: 4 epochs of 4096 images at 64 px -> maps 16/8/4/2 (the first size at which
+    # SCSA's default 7-px pooling window gives stage 1 a 2x2 grid); 2000 val images (standard error of the accuracy
+    # ~0.9 points instead of ~2 at 500). Extrapolated from the first epoch: resnet18 base ~185 cpu-s (~1.7 min on
+    # 2 cores; 0.812 after epoch 1); resnet50 base ~470 cpu-s (~4.5 min; 0.804 after epoch 1), paper ~620 cpu-s
+    # (~6 min; 0.795). resnet18 with this recipe (1000 val images) reached 0.882 after the 4 epochs.
     "thorough": Fidelity(
         train_images=4096,
         val_images=2000,
@@ -298,6 +324,14 @@ class TrainingDiverged(ValueError):
         self.epoch = epoch
         self.step = step
         self.loss = loss
+
+    def __reduce__(self):
+        # Keyword-only fields: without this, pickling (Ray ships trial errors between processes) fails to rebuild.
+        return _rebuild_diverged, (str(self), self.epoch, self.step, self.loss)
+
+
+def _rebuild_diverged(message: str, epoch: int, step: int | None, loss: float) -> TrainingDiverged:
+    return TrainingDiverged(message, epoch=epoch, step=step, loss=loss)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -241,3 +241,13 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert factors[2] == 1.0 and all(a > b for a, b in zip(factors[2:], factors[3:]))
     assert 0 < factors[-1] < 0.05
     assert [_lr_factor(s, 10, 0, "constant") for s in range(3)] == [1.0, 1.0, 1.0]
+
+
+def test_training_diverged_survives_pickling():
+    import pickle
+
+    from evaluators.proxy import TrainingDiverged
+
+    err = pickle.loads(pickle.dumps(TrainingDiverged("loss is nan at epoch 1", epoch=1, step=3, loss=float("nan"))))
+    assert isinstance(err, TrainingDiverged) and str(err) == "loss is nan at epoch 1"
+    assert (err.epoch, err.step) == (1, 3)
