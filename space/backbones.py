@@ -120,7 +120,7 @@ def slots(backbone: str, resolution: int = 224) -> tuple[tuple[Slot, ...], ...]:
     """
     fam = family(backbone)
     with torch.device("meta"):
-        model = timm.create_model(backbone, pretrained=False, num_classes=0)
+        model = timm.create_model(backbone, pretrained=False, num_classes=0).eval()  # eval: 1x1 maps at batch 1
     seen: dict[tuple[str, str], tuple[int, ...]] = {}
     handles = []
     layout = stages(model, fam)

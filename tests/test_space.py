@@ -207,3 +207,9 @@ def test_params_of_rejects_configs_outside_the_space():
     narrow = SearchSpace.from_spec("resnet18", {"attn": ["none", "se"]})
     with pytest.raises(ValueError, match="outside this space"):
         narrow.params_of(ArchConfig.paper_default("resnet18"))
+
+
+def test_slots_at_small_resolutions():
+    # 32 px leaves resnet50's stage 4 at 1x1 (BatchNorm in training mode would refuse a 1x1 map at batch 1)
+    heights = [[next(s for s in st if s.position == "mid").height for st in slots("resnet50", r)] for r in (32, 48)]
+    assert heights == [[8, 4, 2, 1], [12, 6, 3, 2]]
