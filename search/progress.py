@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
@@ -41,12 +42,21 @@ def describe_error(trial) -> str:
     elif exc is not None:
         text = f"{type(exc).__name__}: {exc}"
     if not text:
-        try:
-            raw = trial.get_error() or ""
-        except Exception:
-            raw = ""
+        # get_error() reads the copy in Ray's storage, which is synced in the background and may not be there yet
+        # when several trials run at once; the trial's local staging copy is written before callbacks run.
+        raw = ""
+        local = getattr(trial, "error_file", None)
+        if local and Path(local).is_file():
+            raw = Path(local).read_text(encoding="utf-8", errors="replace")
+        if not raw:
+            try:
+                raw = trial.get_error() or ""
+            except Exception:
+                raw = ""
         lines = [line.strip() for line in str(raw).splitlines() if line.strip()]
         text = lines[-1] if lines else "unknown error"
+        # the traceback's last line names our wrapper ("search.trainable.TrialError: <type>: <message>")
+        text = text.split("TrialError: ", 1)[1] if "TrialError: " in text else text
     text = " ".join(text.split())  # one line
     lowered = text.lower()
     if ("out of memory" in lowered or "outofmemory" in lowered or "memoryerror" in lowered) and \
