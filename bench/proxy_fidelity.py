@@ -168,6 +168,9 @@ def main() -> None:
     ap.add_argument("--long-factor", type=int, default=10)
     ap.add_argument("--configs", type=int, default=14)
     ap.add_argument("--noise-configs", type=int, default=3, help="configs repeated with a second seed")
+    ap.add_argument("--long-val-images", type=int, default=5000,
+                    help="validation images for the long runs: the reference ranking must not drown in the "
+                         "sampling noise of a 500-image estimate (~2 points)")
     ap.add_argument("--out", default=str(OUT / "proxy_fidelity.csv"))
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
@@ -180,7 +183,8 @@ def main() -> None:
     # 10x longer: more images per epoch first (up to the whole split), then more epochs
     images = min(54000, (proxy_fid.train_images or 54000) * args.long_factor)
     epochs = math.ceil(proxy_fid.epochs * args.long_factor * (proxy_fid.train_images or 54000) / images)
-    long_fid = fidelity(args.preset, train_images=images, epochs=max(epochs, proxy_fid.epochs))
+    long_fid = fidelity(args.preset, train_images=images, epochs=max(epochs, proxy_fid.epochs),
+                        val_images=max(args.long_val_images, proxy_fid.val_images or 0))
     print(f"proxy: {proxy_fid}\nlong:  {long_fid}")
 
     def save(rows: list[dict]) -> pd.DataFrame:

@@ -105,9 +105,16 @@ def _init_ray(settings: SearchSettings) -> bool:
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
             raise ConnectionError(" ".join(str(e).split()) or type(e).__name__) from None
     else:
-        # No dashboard (no HTTP server) and no Ray client server. Ray 2.60 binds its gRPC services to all
-        # interfaces whatever the node IP (even _node_ip_address="127.0.0.1" is rewritten to the host's address);
-        # they are protected by Ray's token authentication, on by default.
+        # No dashboard (no HTTP server), no Ray client server, and every other server on loopback: Ray binds its
+        # gRPC servers to the node IP, and resolves even _node_ip_address="127.0.0.1" to the host's routable
+        # address unless multi-node clusters are off, as Ray itself has them on macOS and Windows. A local search
+        # has no other node, so it turns them off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; a user who sets the
+        # variable keeps their choice). Ray reads it into a constant at import, hence the assignment as well.
+        from ray._private import ray_constants
+
+        os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR].lower() in (
+            "1", "true")
         ray.init(num_cpus=os.cpu_count(), num_gpus=0 if settings.gpus_per_trial == 0 else None, **common)
     return True
 

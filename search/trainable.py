@@ -20,17 +20,40 @@ from typing import Any
 __all__ = ["FAULT_ENV", "TrialError", "train_trial"]
 
 # Fault injection, for testing the failure and retry paths end to end with real trials: a comma-separated list of
-# search trial ids (``t0003``) that raise TrainingDiverged at their first epoch, on every attempt, or only on
-# attempt k with ``t0003@k``. Unset in normal use.
+# search trial ids (``t0003``) that fail at their first epoch, on every attempt, or only on attempt k with
+# ``t0003@k``; a suffix picks the fault: ``:diverge`` (the default: TrainingDiverged, as on a NaN loss), ``:kill``
+# (the worker process dies by SIGKILL, as when the kernel's OOM killer or a lost node takes it) or ``:oom`` (a real
+# allocation larger than any machine's memory, so the allocator's own out-of-memory error is raised). Unset in
+# normal use.
 FAULT_ENV = "SCSA_SEARCH_INJECT_FAULT"
+FAULT_KINDS = ("diverge", "kill", "oom")
 
 
-def _inject_fault(trial_key: str, attempt: int) -> bool:
+def _inject_fault(trial_key: str, attempt: int) -> str | None:
+    """The fault kind to inject into this trial's attempt, or None."""
     for item in filter(None, (t.strip() for t in os.environ.get(FAULT_ENV, "").split(","))):
-        name, _, only = item.partition("@")
+        spec, _, kind = item.partition(":")
+        name, _, only = spec.partition("@")
+        kind = kind or "diverge"
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"{FAULT_ENV}: unknown fault kind {kind!r} in {item!r}; choose from {FAULT_KINDS}")
         if name == trial_key and (not only or int(only) == attempt):
-            return True
-    return False
+            return kind
+    return None
+
+
+def _raise_fault(kind: str, epoch: int) -> None:
+    import torch
+
+    from evaluators.proxy import TrainingDiverged
+
+    if kind == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "oom":
+        torch.empty(2**62, dtype=torch.uint8)  # 4 EiB: the allocator refuses it at once, nothing is touched
+    raise TrainingDiverged(f"injected by {FAULT_ENV} at epoch {epoch}", epoch=epoch, step=None, loss=float("nan"))
 
 
 class TrialError(RuntimeError):
@@ -57,7 +80,23 @@ def train_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         # The full traceback goes to the worker's log; the exception that travels is the one-line reason, without
         # the original chained to it (Ray copies the whole chain, which is what fails for such exceptions).
         traceback.print_exc()
-        raise TrialError(f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+        reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        if _is_out_of_memory(e):
+            reason = f"out of memory: {reason}"
+        raise TrialError(reason) from None
+
+
+# What the allocators say when they refuse: CUDA raises torch.OutOfMemoryError, the CPU allocator a plain
+# RuntimeError whose message is the only sign.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MESSAGES)
 
 
 def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -86,10 +125,7 @@ def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
     fault = _inject_fault(config["trial_key"], attempt)
     for ep in train_proxy(arch, settings["dataset"], settings.get("data_dir"), fid, seed, device):
         if fault:
-            from evaluators.proxy import TrainingDiverged
-
-            raise TrainingDiverged(f"injected by {FAULT_ENV} at epoch {ep.epoch}", epoch=ep.epoch, step=None,
-                                   loss=float("nan"))
+            _raise_fault(fault, ep.epoch)
         tune.report({
             "accuracy": ep.accuracy,
             **costs,
