@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,14 @@ def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def _fails(capsys, argv: list[str], *expected: str, out: Path | None = None) -> str:
-    """Run main(argv) in-process; check exit 2, a single stderr line naming ``expected``, and no change to ``out``."""
+    """Run main(argv) in-process; check exit 2 within 30 s, a single stderr line naming ``expected``, and no change
+    to ``out``."""
     before = _snapshot(out) if out is not None else None
     existed = out.exists() if out is not None else None
+    started = time.perf_counter()
     rc = run_search.main(argv)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 30, f"bad input took {elapsed:.1f}s to be refused: {argv}"
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert rc == 2, (argv, captured.out, captured.err)
@@ -266,8 +271,10 @@ def test_defaults_fill_the_machine_with_one_trial(out):
 
 def test_bad_input_as_a_process_is_one_line_exit_2_and_starts_no_ray(tmp_path):
     out = tmp_path / "x"
+    started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--budget", "abc", "--backbone", "resnet18",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert time.perf_counter() - started < 30
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stdout == "" and not out.exists()

@@ -504,3 +504,37 @@ def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr
     again = _run(["--resume", *args])
     assert again.returncode == 0 and len(_rows(out)) == 8
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_ctrl_c_ends_cleanly_says_how_to_resume_and_resume_completes(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while a trial runs."""
+    out = tmp_path / "run"
+    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--budget", "5", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if (out / "trials.csv").exists() and len(_rows(out)) >= 2:
+                break
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    assert "interrupted. Continue with:" in stdout and "--resume" in stdout
+    before = _rows(out)
+    assert 2 <= len(before) < 5 and all(r["status"] in ("completed", "stopped", "failed") for r in before)
+    resumed = _run(["--resume", "--budget", "5", *args])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = _rows(out)
+    assert [r["trial_id"] for r in after] == [f"t{i:04d}" for i in range(5)]
+    kept = {r["trial_id"]: r for r in after}
+    assert all(kept[r["trial_id"]]["accuracy"] == r["accuracy"] for r in before)
