@@ -400,6 +400,19 @@ def _run(args: list[str], env: dict | None = None, timeout: float = 600) -> subp
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def _start_until(args: list[str], out: Path, enough, capture: bool = False, timeout: float = 400) -> subprocess.Popen:
+    """Start a search in its own process group and return once ``enough(rows of trials.csv)`` holds (or it ended)."""
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT, stdout=pipe,
+                            stderr=pipe, text=True, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if (out / "trials.csv").exists() and enough(_rows(out)):
+            break
+    return proc
+
+
 def _rows(out: Path) -> list[dict]:
     with open(out / "trials.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -465,20 +478,10 @@ def test_search_end_to_end(tmp_path):
 def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
     out = tmp_path / "run"
     args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--budget", "6", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 400
-    before: list[dict] = []
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            if (out / "trials.csv").exists():
-                before = _rows(out)
-                if sum(r["status"] == "completed" for r in before) >= 3:
-                    break
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = _start_until(["--budget", "6", *args], out, lambda rows: sum(r["status"] == "completed" for r in rows) >= 3)
+    before = _rows(out) if (out / "trials.csv").exists() else []
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     assert sum(r["status"] == "completed" for r in before) >= 3, "the search ended before 3 trials completed"
     before = _rows(out)  # what the kill left
     assert len(before) < 6
@@ -512,14 +515,8 @@ def test_ctrl_c_ends_cleanly_says_how_to_resume_and_resume_completes(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while a trial runs."""
     out = tmp_path / "run"
     args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--budget", "5", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 400
+    proc = _start_until(["--budget", "5", *args], out, lambda rows: len(rows) >= 2, capture=True)
     try:
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            if (out / "trials.csv").exists() and len(_rows(out)) >= 2:
-                break
         assert proc.poll() is None, "the search ended before it could be interrupted"
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=180)
