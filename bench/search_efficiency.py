@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,8 +65,6 @@ def proxy_seconds(run_dir: Path) -> float:
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
     run_dir = OUT / "search_efficiency" / f"{args.backbone}-{args.proxy}-{variant}-s{seed}"
     if run_dir.exists():  # an interrupted earlier attempt: start again, its timing would be wrong
-        import shutil
-
         shutil.rmtree(run_dir)
     cmd = [sys.executable, str(ROOT / "run_search.py"), "--backbone", args.backbone, "--proxy", args.proxy,
            "--budget", str(args.budget), "--seed", str(seed), "--max-concurrent", str(args.max_concurrent),

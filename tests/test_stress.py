@@ -64,12 +64,13 @@ from pathlib import Path
 def public_listeners():
     """Listening TCP sockets on a non-loopback address, from /proc/net/tcp and tcp6 (state 0A = LISTEN)."""
     found = set()
-    for name, loopback in (("tcp", {"0100007F"}), ("tcp6", {"00000000000000000000000001000000"})):
+    # 127.0.0.1, ::1 and ::ffff:127.0.0.1 as /proc/net writes them
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+    for name in ("tcp", "tcp6"):
         for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, port = local.split(":")
-            if state == "0A" and address not in loopback and not address.startswith("0000000000000000FFFF0000"
-                                                                                     "0100007F"):
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] == "0A" and address not in loopback:
                 found.add((name, address, int(port, 16)))
     return found
 
