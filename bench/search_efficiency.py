@@ -93,13 +93,14 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
 def add_hypervolumes(table: pd.DataFrame) -> pd.DataFrame:
     """Hypervolume of every run against one reference point (the two reference configs' GFLOPs are the same in
     every run on a backbone, so the point is too; it is checked)."""
-    points = {json.dumps(reference_point(read_trials(d), OBJECTIVES), sort_keys=True) for d in table.run_dir}
+    trials = [read_trials(d) for d in table.run_dir]
+    points = {json.dumps(reference_point(df, OBJECTIVES), sort_keys=True) for df in trials}
     if len(points) != 1:
         raise RuntimeError(f"runs disagree on the reference point: {points}")
     ref = json.loads(points.pop())
     table = table.copy()
-    table["hypervolume"] = [hypervolume(read_trials(d), OBJECTIVES, ref) for d in table.run_dir]
-    table["hv_gain"] = [gain_hypervolume(read_trials(d)) for d in table.run_dir]
+    table["hypervolume"] = [hypervolume(df, OBJECTIVES, ref) for df in trials]
+    table["hv_gain"] = [gain_hypervolume(df) for df in trials]
     table.attrs["reference_point"] = ref
     return table
 
