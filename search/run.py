@@ -23,6 +23,11 @@ records are the state, and a new Tuner runs what is left.
    from ``--seed`` and the study's size, so it continues rather than replaying its first draws; the rungs of the
    scheduler are re-seeded from the recorded accuracy curves.
 4. A new Tuner launches exactly ``budget - launched`` new trials, plus the re-runs.
+
+The same resume happens by itself, at most ``MAX_RESTARTS`` times, when Ray loses a trial worker outside any
+trial (:func:`lost_worker`): Ray Tune records a worker that dies *during* a trial as that trial's failure, but one
+killed while it starts or is being reused (by Ray's memory monitor, the kernel's OOM killer or a lost node) ends
+``Tuner.fit`` with an error. The trials it was running are not recorded and run again, as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +49,9 @@ from .optuna_search import Forced, ParetoOptunaSearch, reconcile_study
 from .samplers import make_sampler, session_seed
 from .settings import STUDY_DB, STUDY_NAME, SearchSettings
 
-__all__ = ["SearchOutcome", "plan_forced", "run"]
+__all__ = ["MAX_RESTARTS", "SearchOutcome", "lost_worker", "plan_forced", "run"]
+
+MAX_RESTARTS = 3
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
@@ -132,8 +139,46 @@ def _trial_dirname(trial) -> str:
     return f"{trial.config.get('trial_key', 'trial')}_{trial.trial_id}"
 
 
+def lost_worker(error: BaseException) -> BaseException | None:
+    """The Ray error in ``error``'s chain saying a worker process was lost (killed for memory, crashed, its node
+    gone), or None for any other error."""
+    from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (OutOfMemoryError, RayActorError, WorkerCrashedError, NodeDiedError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _WorkerLost(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(" ".join(str(error).split())[:300])
+        self.error = error
+
+
 def run(settings: SearchSettings, echo=print) -> SearchOutcome:
-    """Run or resume the search described by ``settings`` (validated by the caller; see ``run_search.py``)."""
+    """Run or resume the search described by ``settings`` (validated by the caller; see ``run_search.py``).
+
+    A session that ends because Ray lost a trial worker outside any trial is resumed in place, at most
+    ``MAX_RESTARTS`` times; the time budget, if any, counts from the first session."""
+    deadline = time.time() + settings.time_budget_min * 60 if settings.time_budget_min else None
+    for restart in range(MAX_RESTARTS + 1):
+        try:
+            return _run_session(settings, echo, deadline)
+        except _WorkerLost as lost:
+            if restart == MAX_RESTARTS:
+                raise lost.error from None
+            echo(f"Ray lost a trial worker outside any trial ({type(lost.error).__name__}: {lost}); the trials it "
+                 f"ran are not recorded. Resuming the search ({restart + 1}/{MAX_RESTARTS})")
+            settings = replace(settings, resume=True)
+    raise AssertionError("unreachable")
+
+
+def _run_session(settings: SearchSettings, echo, deadline: float | None) -> SearchOutcome:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -150,8 +195,9 @@ def run(settings: SearchSettings, echo=print) -> SearchOutcome:
     session_trials = len([f for f in forced if f.trial_id is not None]) + new
 
     started_ray = _init_ray(settings) if session_trials else False
-    stopper = SearchStopper(settings.time_budget_min * 60 if settings.time_budget_min else None)
+    stopper = SearchStopper(None if deadline is None else deadline - time.time())
     searcher = None
+    worker_lost: BaseException | None = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         settings.write_manifest()
@@ -227,13 +273,21 @@ def run(settings: SearchSettings, echo=print) -> SearchOutcome:
                  + (f" + {settings.gpus_per_trial:g} GPU" if settings.gpus_per_trial else "")
                  + f"; results in {out}")
             with _graceful_interrupt(stopper, echo):
-                tuner.fit()
+                try:
+                    tuner.fit()
+                except Exception as e:
+                    worker_lost = lost_worker(e)
+                    if worker_lost is None:
+                        raise
+                    stopper.interrupt()  # what was running is left unrecorded, for the resume to run again
             _close_unfinished(searcher, progress, stopper, echo)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+    if worker_lost is not None:
+        raise _WorkerLost(worker_lost)
 
     written = finalize(out, ledger.ordered_records(), settings.objectives, settings.select,
                        resolution=settings.resolution, dataset=settings.dataset, num_classes=settings.num_classes) \

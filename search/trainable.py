@@ -13,11 +13,13 @@ it): the same seed would only diverge again.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import traceback
 from typing import Any
 
-__all__ = ["FAULT_ENV", "TrialError", "train_trial"]
+__all__ = ["FAULT_ENV", "TrialError", "release_freed_memory", "train_trial"]
 
 # Fault injection, for testing the failure and retry paths end to end with real trials: a comma-separated list of
 # search trial ids (``t0003``) that fail at their first epoch, on every attempt, or only on attempt k with
@@ -84,6 +86,33 @@ def train_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         if _is_out_of_memory(e):
             reason = f"out of memory: {reason}"
         raise TrialError(reason) from None
+    finally:
+        release_freed_memory()
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory a finished trial freed back to the operating system; True where the C library can.
+
+    Ray runs each trial of a reused worker (``reuse_actors=True``) in a new thread. glibc serves each thread from
+    its own malloc arena and keeps what is freed there for later reuse instead of returning it, so a worker that
+    trains one model after another grows by 60-200 MB per trial (measured: two workers reached 12 GB and 9 GB
+    after 90 resnet50 trials each, and Ray's memory monitor killed one). ``malloc_trim(0)`` after each trial keeps
+    a worker flat (resnet18 smoke trials: 1.00 GB after 12 trials instead of 2.06 GB after 8). Other C libraries
+    have no such call and nothing to do.
+    """
+    gc.collect()  # tensors held only by reference cycles (tracebacks, closures) are freed before trimming
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)  # the process's own symbols, the C library's among them
+    except OSError:
+        return None
 
 
 # What the allocators say when they refuse: CUDA raises torch.OutOfMemoryError, the CPU allocator a plain

@@ -535,3 +535,79 @@ def test_ctrl_c_ends_cleanly_says_how_to_resume_and_resume_completes(tmp_path):
     assert [r["trial_id"] for r in after] == [f"t{i:04d}" for i in range(5)]
     kept = {r["trial_id"]: r for r in after}
     assert all(kept[r["trial_id"]]["accuracy"] == r["accuracy"] for r in before)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists() or not hasattr(os, "confstr")
+                    or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""), reason="glibc on Linux only")
+def test_memory_a_finished_thread_freed_goes_back_to_the_system():
+    """What a reused Ray worker lives through: each trial runs in a new thread, whose malloc arena keeps what it
+    freed; without trimming, the worker grows trial after trial."""
+    import threading
+
+    from search.trainable import release_freed_memory
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    kept: list = []
+
+    def trial() -> None:
+        blocks = [bytearray(32 * 1024) for _ in range(6000)]  # 190 MB in small blocks, as a training step makes
+        kept.extend(blocks[::50])  # a few survivors pin the arena, as a trial's leftovers do
+        del blocks
+
+    release_freed_memory()
+    base = rss_mb()
+    worker = threading.Thread(target=trial)
+    worker.start()
+    worker.join()
+    grown = rss_mb()
+    assert release_freed_memory() is True
+    trimmed = rss_mb()
+    assert grown - base > 100, (base, grown)  # the arena kept what it freed ...
+    assert trimmed - base < 40, (base, grown, trimmed)  # ... and trimming hands it back
+
+
+def test_lost_worker_finds_rays_error_in_the_chain_tune_raises():
+    from ray.exceptions import OutOfMemoryError
+
+    from search.run import lost_worker
+
+    oom = OutOfMemoryError("1 worker(s) were killed due to the node running low on memory")
+    try:
+        try:
+            raise oom
+        except OutOfMemoryError as e:  # what Ray Tune's actor manager does with an error it does not expect
+            raise RuntimeError(f"Caught unexpected exception: {e}") from e
+    except RuntimeError as wrapped:
+        assert lost_worker(wrapped) is oom
+    assert lost_worker(RuntimeError("a bug")) is None
+    assert lost_worker(ValueError("x")) is None
+
+
+def test_a_session_ended_by_a_lost_worker_is_resumed_in_place_a_bounded_number_of_times(monkeypatch, tmp_path):
+    from ray.exceptions import OutOfMemoryError
+
+    import search.run as run_mod
+
+    sessions: list[tuple[bool, float | None]] = []
+    losses = {"left": 2}
+
+    def session(settings, echo, deadline):
+        sessions.append((settings.resume, deadline))
+        if losses["left"]:
+            losses["left"] -= 1
+            raise run_mod._WorkerLost(OutOfMemoryError("killed while starting"))
+        return "outcome"
+
+    monkeypatch.setattr(run_mod, "_run_session", session)
+    said: list[str] = []
+    settings = SearchSettings(backbone="resnet18", budget=4, out=str(tmp_path / "o"), time_budget_min=10)
+    assert run_mod.run(settings, echo=said.append) == "outcome"
+    assert [resume for resume, _ in sessions] == [False, True, True]
+    assert len({deadline for _, deadline in sessions}) == 1  # the time budget counts from the first session
+    assert len(said) == 2 and all("Resuming the search" in s for s in said)
+
+    losses["left"] = run_mod.MAX_RESTARTS + 1
+    with pytest.raises(OutOfMemoryError):
+        run_mod.run(settings, echo=said.append)
