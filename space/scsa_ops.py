@@ -201,9 +201,11 @@ def depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     return _DepthwiseConv1d.apply(x, weight, bias)
 
 
-#: Attention logits per chunk of ``channel_attention``: the (C/heads)^2 matrices of a chunk stay in cache and are
-#: recomputed in backward rather than kept (C=512 at batch 32 would otherwise hold 32 MiB).
+#: Attention logits per chunk of ``channel_attention``: the (C/heads)^2 matrices of a chunk stay in cache.
 ATTENTION_CHUNK = 2**19
+#: Attention matrices up to this many elements in all (8 MiB in float32: C=256 at batch 32) are kept for backward;
+#: larger ones are recomputed there, chunk by chunk, rather than held (C=512 at batch 32 would hold 32 MiB).
+ATTENTION_KEEP = 2**21
 
 
 class _ChannelAttention(torch.autograd.Function):
@@ -212,7 +214,8 @@ class _ChannelAttention(torch.autograd.Function):
     Backward never forms the gradient of the T x T logits: with A the attention matrix and z its output,
     dL/dlogits_ij = A_ij dz_i (v_j - z_i), whose products with k and q reduce to products of A with thin
     matrices. All products are written as (thin x T) @ (T x T), the orientation in which CPU GEMMs are fast, and
-    the T x T matrices of all chunks share one buffer (scaled logits, then softmax in place).
+    the T x T matrices of all chunks share one buffer (scaled logits, then softmax in place), which is kept for
+    backward when small (``ATTENTION_KEEP``) and recomputed there otherwise.
     """
 
     @staticmethod
@@ -226,20 +229,21 @@ class _ChannelAttention(torch.autograd.Function):
         bh, t, _ = q.shape
         k_t = k.transpose(1, 2).contiguous()
         chunks = _chunks(bh, t * t, ATTENTION_CHUNK)
-        buffer = q.new_empty(chunks[0].stop, t, t)
+        keep = bh * t * t <= ATTENTION_KEEP
+        buffer = q.new_empty(bh if keep else chunks[0].stop, t, t)
         z_t = q.new_empty(bh, 1, t)
         for ch in chunks:
-            attn = _ChannelAttention._attention(q[ch], k_t[ch], scale, buffer)
+            attn = _ChannelAttention._attention(q[ch], k_t[ch], scale, buffer[ch] if keep else buffer)
             torch.bmm(v_mean[ch].transpose(1, 2), attn.transpose(1, 2), out=z_t[ch])
         z = z_t.transpose(1, 2)
-        ctx.save_for_backward(q, k_t, v_mean, z)
+        ctx.save_for_backward(q, k_t, v_mean, z, buffer if keep else None)
         ctx.scale = scale
         return z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_z: torch.Tensor):
-        q, k_t, v_mean, z = ctx.saved_tensors
+        q, k_t, v_mean, z, kept = ctx.saved_tensors
         scale = ctx.scale
         bh, t, n = q.shape
         # thin operands as (BH, rows, T)
@@ -249,9 +253,12 @@ class _ChannelAttention(torch.autograd.Function):
         left = torch.cat([dzq, dzq * z_t, dz_t], 1)  # left @ A: sum_i A_ij dz_i q_i, ... z_i q_i, ... dz_i
         a_right, left_a = torch.empty_like(right), torch.empty_like(left)
         chunks = _chunks(bh, t * t, ATTENTION_CHUNK)
-        buffer = q.new_empty(chunks[0].stop, t, t)
+        buffer = None if kept is not None else q.new_empty(chunks[0].stop, t, t)
         for ch in chunks:
-            attn = _ChannelAttention._attention(q[ch], k_t[ch], scale, buffer)
+            if kept is not None:
+                attn = kept[ch]
+            else:
+                attn = _ChannelAttention._attention(q[ch], k_t[ch], scale, buffer)
             torch.bmm(right[ch], attn.transpose(1, 2), out=a_right[ch])
             torch.bmm(left[ch], attn, out=left_a[ch])
         grad_q = (a_right[:, :n] - z_t * a_right[:, n:]) * (dz_t * scale)

@@ -63,8 +63,10 @@ def test_gated_strip_product_partial_requires_grad():
     )
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("tokens,features", [(6, 3), (5, 2), (4, 1)])
-def test_channel_attention_gradcheck(tokens, features, small_chunks):
+def test_channel_attention_gradcheck(tokens, features, keep, small_chunks, monkeypatch):
+    monkeypatch.setattr(ops, "ATTENTION_KEEP", 10**6 if keep else 0)
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 2, tokens, features, dtype=torch.float64, requires_grad=True) for _ in range(3))
     assert torch.autograd.gradcheck(lambda q, k, v: ops.channel_attention(q, k, v, 0.7), (q, k, v))
