@@ -9,9 +9,10 @@ dozen full-size buffers in forward and backward. :func:`gated_strip_product` doe
 * forward: one buffer (the output) and three passes for average pooling (``x * a_w``, its row sums per
   pooling tile, the final scale by ``a_h * gate``): the pooled map is assembled from the tile row sums, so the
   strip-scaled map ``x * a_h * a_w`` is never materialised apart from the output;
-* backward: two buffers (one becomes ``grad_x``) and nine passes; the pooling gradient is added in place into a
-  6-D tiled view of the gradient, and the sums over ``W`` that ``grad_a_h`` needs come from the tile row sums
-  saved in forward (a 1/k-size map) instead of another pass.
+* backward: two buffers (one becomes ``grad_x``) and eight passes; ``dL/dxs = grad * gate + pooling's gradient``
+  is built by one ``addcmul`` over a tiled view of the gradient and scaled by ``a_w`` once for both ``grad_a_h``
+  and ``grad_x``, and pooling's share of ``grad_a_w`` comes from the tile row sums saved in forward (a 1/kh-size
+  map) instead of another pass.
 
 The channel gate (PCSA: norm, q/k/v, attention, gate) only sees the pooled grid; it runs as an ordinary small
 autograd graph built inside ``forward`` and is differentiated with ``torch.autograd.grad`` inside ``backward``,
@@ -144,20 +145,28 @@ class _GatedStripProduct(torch.autograd.Function):
             grad_a_w += (spread * pool_state).sum(2)  # pooling's share: sum_h spread * x * a_h = spread * rows
             spread = spread.unsqueeze(3)
         grad_a_h = a_h.new_empty(b, c, h)
+        covered = hp * kh  # rows inside a pooling tile; rows past the last tile get no pooling gradient
         for ch in chunks:
             n = ch.stop - ch.start
-            # d = dL/dxs = grad * gate + pooling's gradient, built in the buffer that becomes grad_x
-            d = torch.mul(grad[ch], gd[ch], out=grad_x[ch])
+            # d = dL/dxs = grad * gate + pooling's gradient, built in the buffer that becomes grad_x; for average
+            # pooling in one pass (addcmul: spread + grad * gate) over the tiled rows
+            d = grad_x[ch]
             if mode == "avg":
-                d[:, :, : hp * kh].unflatten(2, (hp, kh)).add_(spread[ch])
+                torch.addcmul(spread[ch], grad[ch, :, :covered].unflatten(2, (hp, kh)), gd[ch].unsqueeze(4),
+                              out=d[:, :, :covered].unflatten(2, (hp, kh)))
+                if covered < h:
+                    torch.mul(grad[ch, :, covered:], gd[ch], out=d[:, :, covered:])
             else:
+                torch.mul(grad[ch], gd[ch], out=d)
                 index = pool_state[ch].flatten(2)
                 d.view(n, c, h * w).scatter_add_(2, index, grad_y[ch].flatten(2))
                 hit = x[ch].reshape(n, c, h * w).gather(2, index) * a_h[ch].gather(2, index // w)
                 grad_a_w[ch].scatter_add_(2, index % w, hit * grad_y[ch].flatten(2))
-            e = torch.mul(d, x[ch], out=scratch[:n])
-            torch.sum(e.mul_(row_w[ch]), 3, out=grad_a_h[ch])
-            d.mul_(col_h[ch]).mul_(row_w[ch])
+            # d * a_w serves both grad_a_h (sum over W of it times x) and grad_x (it times a_h): one pass fewer
+            # than scaling the product for grad_a_h and d for grad_x separately
+            d.mul_(row_w[ch])
+            torch.sum(torch.mul(d, x[ch], out=scratch[:n]), 3, out=grad_a_h[ch])
+            d.mul_(col_h[ch])
         return (grad_x, grad_a_h, grad_a_w, None, None, None, *grad_params)
 
 
