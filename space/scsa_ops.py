@@ -6,8 +6,8 @@ fresh full-size buffer also costs its page faults). Differentiated op by op, ``o
 ``gate = PCSA(pool(x * a_h * a_w))`` saves two intermediate maps and spends about twenty full-map passes and a
 dozen full-size buffers in forward and backward. :func:`gated_strip_product` does the same arithmetic in:
 
-* forward: one buffer (the output) and three passes for average pooling (``x * a_w``, its row sums per
-  pooling tile, the final scale by ``a_h * gate``): the pooled map is assembled from the tile row sums, so the
+* forward: one buffer (the output) and three passes for average pooling (``x * a_h``, its sums over each
+  pooling tile's rows, the final scale by ``a_w * gate``): the pooled map is assembled from the tile row sums, so the
   strip-scaled map ``x * a_h * a_w`` is never materialised apart from the output;
 * backward: two buffers (one becomes ``grad_x``) and eight passes; ``dL/dxs = grad * gate + pooling's gradient``
   is built by one ``addcmul`` over a tiled view of the gradient and scaled by ``a_w`` once for both ``grad_a_h``
