@@ -15,6 +15,9 @@ trial's proxy time is the ``time_s`` of its last report (model build, data subse
 Ray, Optuna, FLOP counting, scheduling and idle slots are what is left.
 A second hypervolume, ``hv_gain``, counts only what beats the references (point: the plain backbone's error, the
 paper default's GFLOPs; see :func:`gain_hypervolume`).
+The summary also prints a ceiling: the hypervolume of every completed trial of every run pooled, divided by each
+random run's. No search at this budget can expect to beat random search by more than that ratio unless it finds
+configs better than all the runs together found (see :func:`pooled_hypervolume`).
 
 Results: ``bench/out/search_efficiency.csv`` (one row per run; finished runs are skipped when re-run, so an
 interrupted benchmark resumes) and a summary on stdout.
@@ -118,6 +121,16 @@ def gain_hypervolume(df: pd.DataFrame) -> float:
     return hypervolume(df, OBJECTIVES, {"error": 1.0 - float(base["accuracy"]), "gflops": float(paper["gflops"])})
 
 
+def pooled_hypervolume(table: pd.DataFrame) -> float:
+    """Hypervolume of the front of every run's trials pooled, against the shared reference point.
+
+    A ceiling for the comparison with random search: it is what a search would reach had it found, within its
+    budget, the best of everything that all the benchmarked searches (every variant and seed) found together.
+    """
+    pooled = pd.concat([read_trials(d) for d in table.run_dir], ignore_index=True)
+    return hypervolume(pooled, OBJECTIVES, table.attrs["reference_point"])
+
+
 def summarise(table: pd.DataFrame) -> str:
     lines = [f"reference point (error, GFLOPs): {table.attrs.get('reference_point')}"]
     for variant, rows in table.groupby("variant", sort=False):
@@ -142,6 +155,12 @@ def summarise(table: pd.DataFrame) -> str:
         gains = paired(a, b, "hv_gain")
         if gains:  # a zero gain (nothing beat the plain backbone) makes a ratio meaningless: inf or nan
             lines.append(f"HV over the references {a} / {b}: " + ", ".join(f"{r:.2f}" for r in gains))
+    baseline = table[table.variant == "random"]
+    if len(baseline):
+        ceiling = pooled_hypervolume(table)
+        lines.append(f"ceiling: the {len(table)} runs' trials pooled have HV {ceiling:.4f}, "
+                     + ", ".join(f"{ceiling / hv:.3f}" for hv in baseline.hypervolume)
+                     + f" x random's (seeds {baseline.seed.tolist()})")
     times = paired("nsga2-es", "nsga2", "wall_s")
     if times:
         lines.append("wall time with / without early stopping: " + ", ".join(f"{r:.2f}" for r in times))
