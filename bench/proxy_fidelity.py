@@ -1,39 +1,95 @@
-"""Does the proxy rank architectures the way longer training does? Rank correlation, measured.
+"""Does the proxy rank configs the way longer training does? Spearman and Kendall per variant, score and backbone.
 
-For a fixed, diverse set of resnet50 configs (the two references, hand-picked placements and samples of the search
-space), train each with a proxy preset and with a schedule ``--long-factor`` times longer (more images per epoch
-and more epochs, same resolution), on Fashion-MNIST; compute training-free (zero-cost) scores too. Report Spearman
-and Kendall rank correlation of every proxy score with long-run accuracy, and the seed-to-seed noise of both
-(repeated seeds for a few configs). Writes ``bench/out/proxy_fidelity.csv`` (one row per run, appended as runs
-finish, so an interrupted benchmark resumes where it stopped) and ``bench/out/proxy_fidelity.png``.
+For a fixed, diverse set of configs per backbone (built in: 12 resnet50 and 10 mobilenetv2_100 configs, the two
+references, SCSA per stage group and slot, SE/ECA/CBAM and samples of the space; or ``--configs-file``), train
+each with a 10x longer schedule (the reference ranking, two seeds each, ranked by their mean) and with every
+proxy *variant*: one fidelity knob changed at a time (validation images, training images, epochs, resolution,
+batch size, or k seeds at 1/k of the budget each), at about the CPU time of one ``default`` trial. Every run
+records every score of :data:`evaluators.scores.SCORES` (final validation accuracy and loss, training loss, TSE
+and TSE-EMA) after every epoch, so one run serves every score and every early-stopping rung.
 
-    python bench/proxy_fidelity.py [--preset default] [--long-factor 10] [--configs 14] [--noise-configs 3]
+Printed: the long run's own seed-0 vs seed-1 Spearman (the ceiling a proxy is judged against), one table of
+Spearman, Kendall and CPU seconds per trial for each variant x score, the claim precision of replicated
+comparisons, and how often early stopping (one rung of the multi-objective ASHA) would stop a config that ends
+within the noise band of the best.
 
-It runs for a long time (roughly configs x (1 + long-factor) proxy trials); run it in the background.
+Rows (one per run, appended as runs finish, so an interrupted benchmark resumes where it stopped) go to ``--out``
+(default ``bench/out/proxy_fidelity.csv``; the committed rows are ``docs/bench/proxy_fidelity.csv``)::
+
+    python bench/proxy_fidelity.py [--backbones resnet50 mobilenetv2_100] [--variants ...] [--seeds 2]
+        [--workers 2] [--configs-file FILE] [--summary-only]
+
+Runs take hours on 2 cores: start it in the background (``nice``), it resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluators.proxy import ProxyRun, fidelity  # noqa: E402
+from evaluators.proxy import PRESETS, Fidelity, fidelity  # noqa: E402
+from evaluators.scores import SCORES  # noqa: E402
+from results.noise import interval, paired_difference, pooled_sd, verdict  # noqa: E402
+from results.pareto import OBJECTIVE_DIRECTIONS  # noqa: E402
 from space import ArchConfig, SearchSpace, StageConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
+BACKBONES = ("resnet50", "mobilenetv2_100")
+
+# The reference: 10x the images of the 2 x 768-image proxy this benchmark started from, scored on 5,000
+# validation images so that the reference ranking does not drown in the sampling noise of a small val set.
+LONG = fidelity("default", train_images=7680, val_images=5000, resolution=48, epochs=2, batch_size=32,
+                warmup_epochs=0.25, threads=1, score="accuracy")
 
 
-def configs(n: int) -> list[tuple[str, ArchConfig]]:
+@dataclass(frozen=True)
+class Variant:
+    """One proxy setting of the ablation; ``replicates`` > 1: the score is the mean of that many seeds."""
+
+    knob: str
+    overrides: dict
+    replicates: int = 1
+
+    def fidelity(self) -> Fidelity:
+        return fidelity("default", threads=1, **self.overrides)
+
+
+# One knob at a time, each sized to about the CPU time of the default (2 x 768 images at 48 px, 500 validation
+# images after each epoch; a validation image costs about a quarter of a training image, measured on resnet50).
+VARIANTS: dict[str, Variant] = {
+    "default": Variant("(adopted)", {}),
+    "val-2000": Variant("val images", {"train_images": 384, "val_images": 2000}),
+    "val-250": Variant("val images", {"train_images": 832, "val_images": 250}),
+    "epochs-1": Variant("epochs", {"train_images": 1664, "epochs": 1, "warmup_epochs": 0.15}),
+    "epochs-4": Variant("epochs", {"train_images": 352, "epochs": 4}),
+    "res-40": Variant("resolution", {"train_images": 1088, "resolution": 40}),
+    "res-64": Variant("resolution", {"train_images": 416, "resolution": 64}),
+    "batch-16": Variant("batch size", {"batch_size": 16, "train_images": 704}),
+    "batch-64": Variant("batch size", {"batch_size": 64, "train_images": 832}),
+    "rep2-half": Variant("replicates", {"train_images": 384, "val_images": 250}, replicates=2),
+    # Not a fidelity knob, but the presets were tuned on ResNets and mobilenetv2_100 barely trains at lr 3e-3.
+    "lr-1e-2": Variant("learning rate", {"lr": 1e-2}),
+}
+
+
+def builtin_configs() -> list[tuple[str, ArchConfig]]:
+    """The built-in set: per backbone the two references, SCSA per stage group and slot, SE/ECA/CBAM, samples."""
+    items: list[tuple[str, ArchConfig]] = []
     bb = "resnet50"
-    none = StageConfig()
-    scsa = StageConfig.scsa()
-    hand = [
+    none, scsa = StageConfig(), StageConfig.scsa()
+    items += [
         ("baseline", ArchConfig.baseline(bb)),
         ("paper_default", ArchConfig.paper_default(bb)),
         ("scsa_stage4_only", ArchConfig(bb, (none, none, none, scsa))),
@@ -42,121 +98,311 @@ def configs(n: int) -> list[tuple[str, ArchConfig]]:
         ("eca_end_all", ArchConfig(bb, (StageConfig("eca", "end", "all"),) * 4)),
         ("cbam_end_all", ArchConfig(bb, (StageConfig("cbam", "end", "all"),) * 4)),
         ("scsa_end_all", ArchConfig(bb, (StageConfig.scsa(position="end"),) * 4)),
-        ("scsa_global_4heads_softmax",
-         ArchConfig(bb, (StageConfig.scsa(window=-1, heads=4, gate="softmax"),) * 4)),
+        ("scsa_global_4heads_softmax", ArchConfig(bb, (StageConfig.scsa(window=-1, heads=4, gate="softmax"),) * 4)),
         ("scsa_alternate_g8", ArchConfig(bb, (StageConfig.scsa(blocks="alternate", groups=8,
-                                                                kernels=(3, 3, 5, 5, 7, 7, 9, 9)),) * 4)),
+                                                               kernels=(3, 3, 5, 5, 7, 7, 9, 9)),) * 4)),
     ]
-    space = SearchSpace(bb)
-    seed = 0
-    while len(hand) < n:
+    items += _samples(bb, 2, [a for _, a in items])
+    bb = "mobilenetv2_100"
+    n = 7
+    mobile = [
+        ("baseline", ArchConfig.baseline(bb)),
+        ("paper_default", ArchConfig.paper_default(bb)),
+        ("scsa_stages1-4", ArchConfig(bb, (scsa,) * 4 + (none,) * (n - 4))),
+        ("scsa_stages5-7", ArchConfig(bb, (none,) * 4 + (scsa,) * (n - 4))),
+        ("scsa_end_all", ArchConfig(bb, (StageConfig.scsa(position="end"),) * n)),
+        ("se_end_all", ArchConfig(bb, (StageConfig("se", "end", "all"),) * n)),
+        ("eca_end_all", ArchConfig(bb, (StageConfig("eca", "end", "all"),) * n)),
+        ("cbam_end_all", ArchConfig(bb, (StageConfig("cbam", "end", "all"),) * n)),
+    ]
+    mobile += _samples(bb, 2, [a for _, a in mobile])
+    return [(f"{a.backbone}/{name}", a) for name, a in items + mobile]
+
+
+def _samples(backbone: str, count: int, taken: list[ArchConfig]) -> list[tuple[str, ArchConfig]]:
+    space, out, seed = SearchSpace(backbone), [], 0
+    while len(out) < count:
         arch = space.sample(seed)
-        if all(arch != a for _, a in hand):
-            hand.append((f"sample{seed}", arch))
+        if arch not in taken:
+            out.append((f"sample{seed}", arch))
+            taken.append(arch)
         seed += 1
-    return hand[:n]
+    return out
 
 
-def kendall_tau_b(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties handled); written out because pandas needs scipy for it and scipy is not required."""
-    conc = disc = tx = ty = 0
-    n = len(x)
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif (dx > 0) == (dy > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return (conc - disc) / denom if denom else float("nan")
+def load_configs(path: str | None) -> list[tuple[str, ArchConfig]]:
+    """``--configs-file``: a JSON list of ``{"name": ..., "config": ArchConfig dict}``; else the built-in set."""
+    if path is None:
+        return builtin_configs()
+    try:
+        items = json.loads(Path(path).read_text())
+        if not isinstance(items, list) or not items:
+            raise ValueError("expected a non-empty JSON list of {\"name\": ..., \"config\": {...}}")
+        out = [(str(it["name"]), ArchConfig.from_dict(it["config"]).validate()) for it in items]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: --configs-file {path}: {e}") from None
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"error: --configs-file {path}: names must be unique")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- running
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_one(name: str, arch_json: str, kind: str, variant: str, fid: Fidelity, seed: int) -> dict:
+    """One training run in a worker process (one thread): every score after every epoch, and its CPU time."""
+    from evaluators.proxy import ProxyRun
+
+    arch = ArchConfig.from_json(arch_json)
+    t0, c0 = time.perf_counter(), time.process_time()
+    run = ProxyRun(arch, "fashion-mnist", fidelity=fid, seed=seed)
+    history = [{k: getattr(r, k) for k in SCORES} for r in run.run()]
+    return {"config": name, "backbone": arch.backbone, "kind": kind, "variant": variant, "seed": seed,
+            **history[-1], "history": json.dumps(history), "cpu_s": time.process_time() - c0,
+            "time_s": time.perf_counter() - t0, "epochs": fid.epochs, "train_images": run.train_images,
+            "val_images": fid.val_images, "resolution": fid.resolution, "batch_size": fid.batch_size,
+            "config_json": arch.to_json()}
+
+
+def zero_cost_rows(items: list[tuple[str, ArchConfig]], done: set) -> list[dict]:
+    from evaluators.flops import measure
+    from evaluators.zero_cost import zero_cost_scores
+
+    rows = []
+    for name, arch in items:
+        if (name, "zc_params", "", 0) in done:
+            continue
+        t0 = time.perf_counter()
+        scores = zero_cost_scores(arch)
+        scores["gflops"] = measure(arch).gflops
+        for key, value in scores.items():
+            rows.append({"config": name, "backbone": arch.backbone, "kind": f"zc_{key}", "variant": "", "seed": 0,
+                         "accuracy": float(value), "time_s": time.perf_counter() - t0, "config_json": arch.to_json()})
+    return rows
+
+
+def jobs(items: list[tuple[str, ArchConfig]], variants: list[str], seeds: int, done: set) -> list[tuple]:
+    """What is left to run, most useful first: every variant's first seed and the long runs' first seed (a first
+    answer), then the long runs' second seed, then further seeds."""
+    out = []
+    for s in range(seeds):
+        if s < 2:
+            out += [(n, a, "long", "", LONG, s) for n, a in items]
+        for v in variants:
+            k = VARIANTS[v].replicates
+            out += [(n, a, "proxy", v, VARIANTS[v].fidelity(), s * k + r) for n, a in items for r in range(k)]
+    return [j for j in out if (j[0], j[2], j[3], j[5]) not in done]
+
+
+# ----------------------------------------------------------------------------------------------------- analysing
 
 
 def spearman(x: pd.Series, y: pd.Series) -> float:
     return x.rank().corr(y.rank())
 
 
-def run_one(name: str, arch: ArchConfig, kind: str, fid, seed: int) -> dict:
-    t0 = time.perf_counter()
-    run = ProxyRun(arch, "fashion-mnist", fidelity=fid, seed=seed)
-    history = run.run()
-    return {"config": name, "kind": kind, "seed": seed, "accuracy": history[-1].accuracy,
-            "time_s": time.perf_counter() - t0, "epochs": fid.epochs, "train_images": run.train_images,
-            "resolution": fid.resolution, "config_json": arch.to_json()}
+def kendall_tau_b(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties handled); written out because pandas needs SciPy for it, which is not required."""
+    conc = disc = tx = ty = 0
+    for i, j in combinations(range(len(x)), 2):
+        dx, dy = x[i] - x[j], y[i] - y[j]
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tx += 1
+        elif dy == 0:
+            ty += 1
+        elif (dx > 0) == (dy > 0):
+            conc += 1
+        else:
+            disc += 1
+    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return (conc - disc) / denom if denom else float("nan")
 
 
-def zero_cost_rows(items: list[tuple[str, ArchConfig]], done: set) -> list[dict]:
-    try:
-        from evaluators.flops import measure
-        from evaluators.zero_cost import zero_cost_scores
-    except ImportError as e:  # zero-cost scores are optional for this benchmark
-        print(f"zero-cost scores skipped: {e}")
-        return []
+def signed(values: pd.Series, score: str) -> pd.Series:
+    """Scores turned so that larger is better (losses negated)."""
+    return values if OBJECTIVE_DIRECTIONS[score] == "maximize" else -values
+
+
+def replicate_draws(df: pd.DataFrame, variant: str, score: str) -> dict[int, pd.Series]:
+    """Per draw (one trial of the variant: ``replicates`` seeds averaged), the score of every config."""
+    k = VARIANTS[variant].replicates if variant in VARIANTS else 1
+    rows = df[(df.kind == "proxy") & (df.variant == variant)]
+    draws = {}
+    for draw, part in rows.groupby(rows.seed.astype(int) // k):
+        per_config = part.groupby("config")[score].agg(["mean", "count"])
+        draws[draw] = per_config["mean"][per_config["count"] == k]
+    return draws
+
+
+def long_reference(df: pd.DataFrame) -> tuple[pd.Series, float]:
+    """Mean long-run accuracy per config, and the long run's own seed-0 vs seed-1 Spearman."""
+    long = df[df.kind == "long"]
+    by_seed = long.pivot_table(index="config", columns="seed", values="accuracy")
+    ceiling = spearman(by_seed[0], by_seed[1]) if {0, 1} <= set(by_seed.columns) else float("nan")
+    if {0, 1} <= set(by_seed.columns):
+        both = by_seed[[0, 1]].dropna()
+        ceiling = spearman(both[0], both[1]) if len(both) >= 3 else float("nan")
+    return long.groupby("config").accuracy.mean(), ceiling
+
+
+def ablation(df: pd.DataFrame, long: pd.Series) -> pd.DataFrame:
+    """One row per variant x score: mean Spearman and Kendall of a single trial's score with the long-run mean
+    (averaged over draws), the number of draws and configs, and CPU seconds per trial."""
     rows = []
-    for name, arch in items:
-        if (name, "zero_cost", 0) in done:
-            continue
-        t0 = time.perf_counter()
-        scores = zero_cost_scores(arch)
-        scores["gflops"] = measure(arch).gflops
-        for key, value in scores.items():
-            rows.append({"config": name, "kind": f"zc_{key}", "seed": 0, "accuracy": float(value),
-                         "time_s": time.perf_counter() - t0, "config_json": arch.to_json()})
-        rows.append({"config": name, "kind": "zero_cost", "seed": 0, "accuracy": float("nan"), "time_s": 0.0,
-                     "config_json": arch.to_json()})
-    return rows
+    for variant in [v for v in VARIANTS if v in set(df.variant)]:
+        cpu = df[(df.kind == "proxy") & (df.variant == variant)].groupby(df.seed.astype(int)).cpu_s.mean().mean()
+        cpu *= VARIANTS[variant].replicates
+        for score in SCORES:
+            rhos, taus, n = [], [], 0
+            for s in replicate_draws(df, variant, score).values():
+                common = long.index.intersection(s.dropna().index)
+                if len(common) < 4:
+                    continue
+                a, b = signed(s[common], score), long[common]
+                rhos.append(spearman(a, b))
+                taus.append(kendall_tau_b(list(a), list(b)))
+                n = len(common)
+            if rhos:
+                rows.append({"variant": variant, "knob": VARIANTS[variant].knob, "score": score,
+                             "rho": sum(rhos) / len(rhos), "rho_min": min(rhos), "rho_max": max(rhos),
+                             "tau": sum(taus) / len(taus), "draws": len(rhos), "configs": n, "cpu_s": cpu})
+    return pd.DataFrame(rows)
 
 
-def summarise(df: pd.DataFrame, preset: str) -> str:
-    long = df[df.kind == "long"].groupby("config").accuracy.mean()
-    lines = [f"configs with a long run: {len(long)}"]
-    scores = {"proxy " + preset: df[df.kind == "proxy"].groupby("config").accuracy.mean()}
-    for kind in sorted(k for k in df.kind.unique() if k.startswith("zc_")):
-        s = df[df.kind == kind].groupby("config").accuracy.mean()
-        # cost scores rank the other way round: fewer params/FLOPs is "better" only as a baseline direction
-        scores[kind[3:]] = s
-    for label, s in scores.items():
-        common = long.index.intersection(s.index)
-        if len(common) < 3:
+def claim_precision(df: pd.DataFrame, long: pd.Series, variant: str, score: str) -> tuple[int, int, int]:
+    """Pairs of configs that the replicated comparison (paired seeds, 95 % interval) calls different, how many of
+    those the long run orders the same way, and how many pairs were compared."""
+    rows = df[(df.kind == "proxy") & (df.variant == variant)]
+    table = rows.pivot_table(index="config", columns="seed", values=score)
+    called = agree = pairs = 0
+    for a, b in combinations([c for c in table.index if c in long.index], 2):
+        both = table.loc[[a, b]].dropna(axis=1)
+        if both.shape[1] < 2:
             continue
-        a, b = s[common], long[common]
-        lines.append(f"{label:>24}: Spearman {spearman(a, b):+.3f}  Kendall {kendall_tau_b(list(a), list(b)):+.3f}"
-                     f"  (n={len(common)})")
-    for kind in ("proxy", "long"):
-        rep = df[df.kind == kind].groupby("config").accuracy.agg(["std", "count"])
-        rep = rep[rep["count"] >= 2]
-        if len(rep):
-            lines.append(f"seed-to-seed std of {kind} accuracy: mean {100 * rep['std'].mean():.2f} points over "
-                         f"{len(rep)} configs")
-    times = df[df.kind.isin(["proxy", "long"])].groupby("kind").time_s.mean()
-    lines.append("mean seconds per run: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+        pairs += 1
+        diff = paired_difference(list(both.loc[a]), list(both.loc[b]))
+        v = verdict(diff, OBJECTIVE_DIRECTIONS[score])
+        if v == "not distinguishable":
+            continue
+        called += 1
+        agree += (v == "better") == (long[a] > long[b])
+    return called, agree, pairs
+
+
+def early_stopping_check(df: pd.DataFrame, variant: str, score: str, eta: int = 3,
+                         orders: int = 20) -> tuple[float, int, int]:
+    """Rung 1 of the multi-objective ASHA (``search.scheduler.promotes``: epoch-1 score and GFLOPs, the top 1/eta
+    by non-dominated rank among the trials already at the rung), replayed over the configs of each draw in
+    ``orders`` random arrival orders: the mean number of configs stopped whose final mean lies within the noise band
+    of the best (2 pooled seed sd), the number of configs in that band, and the number of draws."""
+    import random
+
+    from search.scheduler import promotes
+
+    rows = df[(df.kind == "proxy") & (df.variant == variant)]
+    gflops = df[df.kind == "zc_gflops"].groupby("config").accuracy.first()
+    rows = rows[rows.config.isin(gflops.index)]
+    if rows.empty or rows.epochs.max() < 2:
+        return 0.0, 0, 0
+    final = signed(rows.groupby("config")[score].mean(), score)
+    sd, _ = pooled_sd(signed(g[score], score).tolist() for _, g in rows.groupby("config"))
+    band = set(final[final >= final.max() - 2 * sd].index) if math.isfinite(sd) else set()
+    stopped, draws, rng = 0, 0, random.Random(0)
+    for _, part in rows.groupby("seed"):
+        if len(part) < eta:
+            continue
+        draws += 1
+        points = {c: (float(signed(pd.Series([json.loads(h)[0][score]]), score).iloc[0]), float(gflops[c]))
+                  for c, h in zip(part.config, part.history, strict=True)}
+        for _ in range(orders):
+            order = list(points)
+            rng.shuffle(order)
+            for i, c in enumerate(order):
+                if c in band and not promotes([points[o] for o in order[:i]], points[c], ["max", "min"], eta):
+                    stopped += 1
+    return stopped / max(1, orders), len(band), draws
+
+
+def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
+    lines = []
+    for bb in backbones:
+        part = df[df.backbone == bb]
+        if part.empty:
+            continue
+        long, ceiling = long_reference(part)
+        lines.append(f"\n== {bb}: {part.config.nunique()} configs, {len(long)} with a long run; long run seed 0 vs "
+                     f"seed 1 Spearman {ceiling:+.3f} (the ceiling); long-run accuracy "
+                     f"{100 * long.min():.2f}-{100 * long.max():.2f} %")
+        sd_long, _ = pooled_sd(g.accuracy.tolist() for _, g in part[part.kind == "long"].groupby("config"))
+        lines.append(f"long-run seed sd (pooled): {100 * sd_long:.2f} points")
+        table = ablation(part, long)
+        if not table.empty:
+            table = table.sort_values("rho", ascending=False)
+            lines.append(f"{'variant':<10} {'knob':<11} {'score':<9} {'rho':>6} {'(min..max)':>14} {'tau':>6} "
+                         f"{'draws':>5} {'n':>3} {'cpu-s':>6}")
+            for r in table.itertuples():
+                lines.append(f"{r.variant:<10} {r.knob:<11} {r.score:<9} {r.rho:+.3f} "
+                             f"({r.rho_min:+.2f}..{r.rho_max:+.2f}) {r.tau:+.3f} {r.draws:>5} {r.configs:>3} "
+                             f"{r.cpu_s:6.1f}")
+        for score in SCORES:
+            acc = part[(part.kind == "proxy") & (part.variant == "default")]
+            sd, dof = pooled_sd(g[score].tolist() for _, g in acc.groupby("config"))
+            if dof:
+                lines.append(f"default variant, seed sd of {score}: {sd:.4g} (dof {dof})")
+        default_score = PRESETS["default"].score
+        called, agree, pairs = claim_precision(part, long, "default", default_score)
+        if pairs:
+            lines.append(f"claim precision (default, {default_score}): {agree}/{called} pairs called different agree "
+                         f"with the long run ({100 * agree / max(called, 1):.0f} %), of {pairs} pairs compared")
+        stopped, in_band, draws = early_stopping_check(part, "default", default_score)
+        if draws:
+            lines.append(f"early stopping (rung 1, eta 3, {draws} draws x 20 arrival orders): {stopped:.1f} stops per "
+                         f"order among the {in_band} configs within the noise band of the best")
+        zc = [k for k in sorted(part.kind.unique()) if k.startswith("zc_")]
+        for kind in zc:
+            s = part[part.kind == kind].groupby("config").accuracy.mean()
+            common = long.index.intersection(s.index)
+            if len(common) >= 4:
+                lines.append(f"{kind:>12}: Spearman {spearman(s[common], long[common]):+.3f} (n={len(common)})")
     return "\n".join(lines)
 
 
-def plot(df: pd.DataFrame, path: Path, preset: str) -> None:
+def plot(df: pd.DataFrame, path: Path, backbones: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    long = df[df.kind == "long"].groupby("config").accuracy.mean()
-    proxy = df[df.kind == "proxy"].groupby("config").accuracy.mean()
-    common = long.index.intersection(proxy.index)
-    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=120)
-    ax.scatter(100 * proxy[common], 100 * long[common], color="#4c72b0")
-    for c in common:
-        ax.annotate(c, (100 * proxy[c], 100 * long[c]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    rho = spearman(proxy[common], long[common]) if len(common) >= 3 else float("nan")
-    ax.set_xlabel(f"proxy ({preset}) validation accuracy (%)")
-    ax.set_ylabel("long-run validation accuracy (%)")
-    ax.set_title(f"resnet50 on Fashion-MNIST: proxy vs long run (Spearman {rho:+.2f}, n={len(common)})")
-    ax.grid(alpha=0.3)
+    score = PRESETS["default"].score
+    fig, axes = plt.subplots(1, len(backbones), figsize=(6 * len(backbones), 5), dpi=110, squeeze=False)
+    for ax, bb in zip(axes[0], backbones, strict=True):
+        part = df[df.backbone == bb]
+        long, _ = long_reference(part)
+        proxy = part[(part.kind == "proxy") & (part.variant == "default")].groupby("config")[score]
+        stats = proxy.agg(["mean", "std", "count"])
+        common = long.index.intersection(stats.index)
+        if not len(common):
+            continue
+        half = [interval(proxy.get_group(c).tolist()).half for c in common]
+        ax.errorbar(stats["mean"][common], 100 * long[common], xerr=[0 if math.isnan(h) else h for h in half],
+                    fmt="o", color="#4c72b0", ecolor="#9bb0d3", capsize=2)
+        for c in common:
+            ax.annotate(c.split("/")[-1], (stats["mean"][c], 100 * long[c]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        rho = spearman(signed(stats["mean"][common], score), long[common])
+        ax.set_xlabel(f"proxy `default` {score} (mean over seeds, 95 % interval)")
+        ax.set_ylabel("long-run validation accuracy (%), mean of 2 seeds")
+        ax.set_title(f"{bb}: Spearman {rho:+.2f} (n={len(common)})", fontsize=10)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -164,53 +410,52 @@ def plot(df: pd.DataFrame, path: Path, preset: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--long-factor", type=int, default=10)
-    ap.add_argument("--configs", type=int, default=14)
-    ap.add_argument("--noise-configs", type=int, default=3, help="configs repeated with a second seed")
-    ap.add_argument("--long-val-images", type=int, default=5000,
-                    help="validation images for the long runs: the reference ranking must not drown in the "
-                         "sampling noise of a 500-image estimate (~2 points)")
+    ap.add_argument("--configs-file", help="JSON list of {\"name\": ..., \"config\": ArchConfig dict}")
+    ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=2, help="seeds (draws) per variant and config; long runs: 2")
+    ap.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
     ap.add_argument("--out", default=str(OUT / "proxy_fidelity.csv"))
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["config", "kind", "seed"])
-    done = {(r.config, r.kind, int(r.seed)) for r in df.itertuples()}
-    items = configs(args.configs)
-    proxy_fid = fidelity(args.preset)
-    # 10x longer: more images per epoch first (up to the whole split), then more epochs
-    images = min(54000, (proxy_fid.train_images or 54000) * args.long_factor)
-    epochs = math.ceil(proxy_fid.epochs * args.long_factor * (proxy_fid.train_images or 54000) / images)
-    long_fid = fidelity(args.preset, train_images=images, epochs=max(epochs, proxy_fid.epochs),
-                        val_images=max(args.long_val_images, proxy_fid.val_images or 0))
-    print(f"proxy: {proxy_fid}\nlong:  {long_fid}")
+    df = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["config", "backbone", "kind", "variant", "seed"])
+    df["variant"] = df["variant"].astype(object).fillna("")
+    items = [(n, a) for n, a in load_configs(args.configs_file) if a.backbone in args.backbones]
 
-    def save(rows: list[dict]) -> pd.DataFrame:
+    def save(rows: list[dict]) -> None:
         nonlocal df
         df = pd.concat([df, pd.DataFrame(rows)], ignore_index=True) if len(df) else pd.DataFrame(rows)
         tmp = out.with_suffix(".tmp")
         df.to_csv(tmp, index=False)
         tmp.replace(out)
-        return df
 
     if not args.summary_only:
-        save(zero_cost_rows(items, done) or [])
-        jobs = [(n, a, "proxy", proxy_fid, 0) for n, a in items]
-        jobs += [(n, a, "proxy", proxy_fid, 1) for n, a in items[: args.noise_configs]]
-        jobs += [(n, a, "long", long_fid, 0) for n, a in items]
-        jobs += [(n, a, "long", long_fid, 1) for n, a in items[: args.noise_configs]]
-        for name, arch, kind, fid, seed in jobs:
-            if (name, kind, seed) in done:
-                continue
-            row = run_one(name, arch, kind, fid, seed)
-            print(f"{kind:>5} seed {seed} {name:<28} acc {100 * row['accuracy']:.2f}%  {row['time_s']:.1f}s",
-                  flush=True)
-            save([row])
-    print(summarise(df, args.preset))
-    plot(df, out.with_suffix(".png"), args.preset)
+        done = {(r.config, r.kind, r.variant, int(r.seed)) for r in df.itertuples()}
+        rows = zero_cost_rows(items, done)
+        if rows:
+            save(rows)
+        todo = jobs(items, args.variants, args.seeds, done)
+        print(f"{len(todo)} runs to go; long: {LONG}", flush=True)
+        spawn = multiprocessing.get_context("spawn")  # fresh workers: no torch state forked from here
+        with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init_worker) as pool:
+            futures = {pool.submit(run_one, n, a.to_json(), kind, v, fid, seed): (n, kind, v, seed)
+                       for n, a, kind, v, fid, seed in todo}
+            for fut in as_completed(futures):
+                n, kind, v, seed = futures[fut]
+                try:
+                    row = fut.result()
+                except Exception as e:  # one config that cannot train must not end the benchmark
+                    print(f"FAILED {kind} {v} seed {seed} {n}: {type(e).__name__}: {e}", flush=True)
+                    continue
+                print(f"{kind:>5} {v:<10} seed {seed} {n:<34} acc {100 * row['accuracy']:.2f}% val_loss "
+                      f"{row['val_loss']:.4f} tse {row['tse']:.2f}  {row['cpu_s']:.0f} cpu-s", flush=True)
+                save([row])
+    print(summarise(df, args.backbones))
+    plot(df, out.with_suffix(".png"), args.backbones)
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()

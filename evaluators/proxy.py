@@ -50,6 +50,7 @@ from space.config import ArchConfig
 
 from .data import Split, load_splits
 from .device import resolve_device
+from .scores import SCORES
 
 __all__ = [
     "OPTIMIZERS",
@@ -71,6 +72,9 @@ SCHEDULES = ("cosine", "constant")
 STEMS = ("default", "cifar")
 
 
+#: TSE-EMA's discount per epoch (Ru et al.'s gamma); spread evenly over the epoch's steps.
+TSE_EMA_DECAY = 0.9
+
 # --------------------------------------------------------------------------------------------------------------
 # Fidelity
 
@@ -91,7 +95,8 @@ class Fidelity:
     7x7/2 conv + max-pool replaced by a 3x3/1 conv, keeping the key ``conv1.weight``; the maps grow 4x per side,
     but the network is no longer the one deployed). ``threads``: ``torch.set_num_threads`` for the trial (process
     wide; ``None`` leaves it alone). ``channels_last``: NHWC memory format for model and inputs. ``amp``: bfloat16
-    autocast on CUDA (ignored on CPU, where bfloat16 is slower without AMX).
+    autocast on CUDA (ignored on CPU, where bfloat16 is slower without AMX). ``score``: what ranks the trial (a
+    name of :data:`~evaluators.scores.SCORES`, read off every epoch's :class:`EpochResult`).
     """
 
     train_images: int | None
@@ -112,6 +117,7 @@ class Fidelity:
     channels_last: bool = False
     eval_batch_size: int = 256
     amp: bool = False
+    score: str = "accuracy"
 
     def __post_init__(self) -> None:
         def positive_int(name: str, none_means: str | None = None) -> None:
@@ -146,6 +152,7 @@ class Fidelity:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("stem", STEMS)
+        choice("score", SCORES)
         real("lr", 0.0, low_open=True)
         real("weight_decay", 0.0)
         real("momentum", 0.0, 1.0)
@@ -281,7 +288,12 @@ _as_fidelity = fidelity  # for ProxyRun, whose ``fidelity`` parameter shadows th
 class EpochResult:
     """Metrics after one epoch. ``accuracy`` and ``val_loss``: on the val subset; ``loss``: mean training loss of
     the epoch; ``time_s``: wall time since the run started (model build included), cumulative; ``images_seen``:
-    training images so far, cumulative."""
+    training images so far, cumulative.
+
+    ``tse`` and ``tse_ema``: training-speed estimates (Ru et al., "Speedy Performance Estimation for Neural
+    Architecture Search", NeurIPS 2021), cumulative: the sum of every minibatch's training loss so far (TSE), and
+    the same sum with older steps discounted by :data:`TSE_EMA_DECAY` per epoch (TSE-EMA). Lower is better; they
+    compare runs of the same fidelity (the same number of steps) and cost nothing beyond the training itself."""
 
     epoch: int  # 1-based
     epochs: int
@@ -290,6 +302,8 @@ class EpochResult:
     val_loss: float
     time_s: float
     images_seen: int
+    tse: float = math.nan
+    tse_ema: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -518,6 +532,9 @@ class ProxyRun:
         self.history: list[EpochResult] = []
         self.images_seen = 0
         self._step = 0
+        self._tse = 0.0
+        self._tse_ema = 0.0
+        self._step_decay = TSE_EMA_DECAY ** (1.0 / self.steps_per_epoch)
 
     def _cuda_devices(self) -> list[int]:
         return [self.device.index or 0] if self.device.type == "cuda" else []
@@ -573,6 +590,8 @@ class ProxyRun:
             val_loss=val.loss,
             time_s=time.perf_counter() - self._start,
             images_seen=self.images_seen,
+            tse=self._tse,
+            tse_ema=self._tse_ema,
         )
         self.history.append(result)
         return result
@@ -614,6 +633,8 @@ class ProxyRun:
             opt.step()
             self._step += 1
             loss_sum += value
+            self._tse += value
+            self._tse_ema = self._tse_ema * self._step_decay + value
             self.images_seen += len(y)
         return loss_sum / max(1, steps)
 

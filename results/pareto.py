@@ -66,6 +66,11 @@ __all__ = [
 
 OBJECTIVE_DIRECTIONS: dict[str, str] = {
     "accuracy": "maximize",
+    # the other proxy scores (evaluators.scores.SCORES): losses and training-speed estimates
+    "val_loss": "minimize",
+    "loss": "minimize",
+    "tse": "minimize",
+    "tse_ema": "minimize",
     "gflops": "minimize",
     "params": "minimize",
     "latency_ms": "minimize",

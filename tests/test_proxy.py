@@ -59,6 +59,10 @@ def test_smoke_trains_and_reports_every_epoch(arch):
         assert r.images_seen == i * steps * TINY.batch_size
     assert 0 < results[0].time_s < results[-1].time_s
     assert results[-1].to_dict()["epoch"] == TINY.epochs
+    # TSE sums every step's loss: epoch means x steps, cumulated; TSE-EMA discounts older steps, so it is smaller
+    assert results[0].tse == pytest.approx(results[0].loss * steps)
+    assert results[-1].tse == pytest.approx(sum(r.loss for r in results) * steps)
+    assert results[0].tse_ema < results[0].tse and results[-1].tse_ema < results[-1].tse
 
 
 @needs_fmnist
@@ -218,6 +222,7 @@ def test_overrides():
         ("fast", {"channels_last": 1}, r"channels_last=1 must be True or False"),
         ("fast", {"warmup_epochs": 10}, r"warmup_epochs=10 exceeds epochs="),
         ("fast", {"threads": 0}, r"fidelity threads=0 must be a positive integer or None"),
+        ("fast", {"score": "f1"}, r"score='f1' is unknown; choose one of accuracy, val_loss, loss, tse, tse_ema"),
     ],
 )
 def test_fidelity_errors(preset, overrides, message):
@@ -251,3 +256,18 @@ def test_training_diverged_survives_pickling():
     err = pickle.loads(pickle.dumps(TrainingDiverged("loss is nan at epoch 1", epoch=1, step=3, loss=float("nan"))))
     assert isinstance(err, TrainingDiverged) and str(err) == "loss is nan at epoch 1"
     assert (err.epoch, err.step) == (1, 3)
+
+
+def test_scores_name_epoch_result_fields_and_have_directions():
+    from evaluators.scores import SCORES, score_value
+    from results.pareto import OBJECTIVE_DIRECTIONS
+
+    r = EpochResult(epoch=1, epochs=2, accuracy=0.5, loss=1.2, val_loss=1.1, time_s=1.0, images_seen=64, tse=9.0,
+                    tse_ema=8.0)
+    assert [score_value(r, name) for name in SCORES] == [0.5, 1.1, 1.2, 9.0, 8.0]
+    assert score_value(r.to_dict(), "tse") == 9.0
+    with pytest.raises(ValueError, match="unknown proxy score 'f1'; choose one of accuracy, val_loss"):
+        score_value(r, "f1")
+    # every score can be an objective: the results know which way it is better
+    assert {OBJECTIVE_DIRECTIONS[name] for name in SCORES} == {"maximize", "minimize"}
+    assert OBJECTIVE_DIRECTIONS["accuracy"] == "maximize" and OBJECTIVE_DIRECTIONS["tse"] == "minimize"

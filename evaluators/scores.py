@@ -1,0 +1,33 @@
+"""What a proxy trial can be scored by: the names of the scores every epoch's result carries.
+
+A proxy's job is to *rank* configs the way full training would. Its final validation accuracy is the obvious
+score but not the least noisy one: on a few hundred validation images it moves by a point or more between seeds.
+A loss keeps the information that accuracy rounds away (how sure the model is, not just whether it is right),
+and the training-speed estimates (TSE, TSE-EMA: the summed training losses, Ru et al., NeurIPS 2021) need no
+validation at all. Every score is a field of :class:`~evaluators.proxy.EpochResult`, so the same name serves the
+final ranking and the early-stopping rungs. ``bench/proxy_fidelity.py`` measures which one ranks best; a preset's
+``score`` setting says which one a search optimises. Which way each is better is the results' business
+(``results.pareto.OBJECTIVE_DIRECTIONS``): accuracy up, the losses down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SCORES", "score_value"]
+
+SCORES: tuple[str, ...] = (
+    "accuracy",  # final validation accuracy
+    "val_loss",  # mean validation cross-entropy
+    "loss",  # mean training loss of the last epoch (TSE over the last epoch, per step)
+    "tse",  # sum of every step's training loss so far
+    "tse_ema",  # the same, older steps discounted (TSE-EMA)
+)
+
+
+def score_value(result: Any, name: str) -> float:
+    """The score ``name`` of one epoch's result (an ``EpochResult`` or its dict), as a float."""
+    if name not in SCORES:
+        raise ValueError(f"unknown proxy score {name!r}; choose one of {', '.join(SCORES)}")
+    value = result[name] if isinstance(result, dict) else getattr(result, name)
+    return float("nan") if value is None else float(value)
