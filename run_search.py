@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from search.settings import SearchSettings
+
 PROXIES = ("smoke", "fast", "default", "thorough")
 SEARCH_FILES = ("search.json", "study.db", "launched.jsonl", "trials.csv", "trials.parquet")
 
@@ -133,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=_positive_float("GPUs", allow_zero=True), metavar="G",
                      help="GPUs per trial, fractions allowed (default 1 where CUDA is available, else 0)")
     run.add_argument("--retries", type=_non_negative_int, metavar="N", help="retries of a failed trial (default 0)")
+    run.add_argument("--replicates", type=_non_negative_int, metavar="K",
+                     help="once the budget's trials are done, train the finalists (front, configs within the noise "
+                          f"band, both references) K more times with further seeds; 0: off (default "
+                          f"{SearchSettings.replicates})")
     run.add_argument("--address", metavar="ADDR",
                      help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--storage", metavar="PATH", help="Ray experiment storage, shared by all nodes on a cluster "
@@ -152,6 +158,7 @@ DEFAULTS: dict[str, Any] = {
     "select": "knee",
     "device": "auto",
     "retries": 0,
+    "replicates": SearchSettings.replicates,
     "gpus_per_trial": 0.0,
 }
 
@@ -179,7 +186,7 @@ def validate(args: argparse.Namespace):
 
     Touches nothing on disk except reading; downloads the dataset only with --download.
     """
-    from search.settings import SEARCH_DEFINING, SearchSettings, objective_columns
+    from search.settings import SEARCH_DEFINING, objective_columns
 
     manifest: dict[str, Any] = {}
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "show_space")}
@@ -324,6 +331,7 @@ def validate(args: argparse.Namespace):
         storage=_storage(values.get("storage")),
         early_stopping=bool(values["early_stopping"]), grace_period=int(values["grace_period"]),
         reduction_factor=int(values["reduction_factor"]), retries=int(values["retries"]),
+        replicates=int(values["replicates"]),
         population_size=int(population), resolution=224, num_classes=info.num_classes, epochs=fid.epochs,
         fidelity=fid_settings,
     )
@@ -344,7 +352,7 @@ def validate(args: argparse.Namespace):
                                  f"{out} ({_show(manifest[key])}); drop it or start a new search in another --out")
         from search.ledger import Ledger
 
-        launched = len(Ledger.open(out, objectives).launches)
+        launched = Ledger.open(out, objectives).trials_launched()
         if budget < launched:
             raise UsageError(f"--budget {budget} is below the {launched} trials already launched in {out}; "
                              f"give --budget {launched} or more")
@@ -370,7 +378,8 @@ def _manifest_as_args(manifest: dict[str, Any]) -> dict[str, Any]:
         return {}
     values = {k: manifest[k] for k in ("backbone", "budget", "dataset", "data_dir", "proxy", "sampler", "seed",
                                         "select", "device", "early_stopping", "grace_period", "reduction_factor",
-                                        "retries", "population_size", "address", "storage") if k in manifest}
+                                        "retries", "replicates", "population_size", "address", "storage")
+              if k in manifest}
     values["objectives"] = ",".join(manifest.get("objectives", ["accuracy", "gflops"]))
     return values
 
@@ -409,6 +418,12 @@ def _print_outcome(outcome, settings) -> None:
           f"stopped {c['stopped']}, failed {c['failed']}"
           + (f"; {outcome.duplicates} duplicate suggestion(s) answered from earlier trials" if outcome.duplicates
              else ""))
+    r = outcome.replicate_counts
+    if r and sum(r.values()):
+        print(f"{sum(r.values())} replicate run(s) of the finalists: completed {r['completed']}, failed "
+              f"{r['failed']}" + (f", cut short {r['stopped']}" if r["stopped"] else ""))
+    if outcome.noise:
+        print(outcome.noise)
     if outcome.exhausted:
         print("the sampler kept proposing configs tried already: the space looks exhausted")
     if outcome.timed_out:
@@ -421,8 +436,11 @@ def _print_outcome(outcome, settings) -> None:
     print(f"  {'study.db':<18} {out / 'study.db'}  (optuna-dashboard sqlite:///{out / 'study.db'})")
     best = outcome.best
     if best is not None:
-        print(f"chosen by {settings.select}: {best['trial_id']} accuracy {float(best['accuracy']):.4f}, "
-              f"{float(best['gflops']):.3f} GFLOPs")
+        seeds = int(best.get("seeds", 1) or 1)
+        print(f"chosen by {settings.select}: {best['trial_id']} accuracy {float(best['accuracy']):.4f}"
+              + (f" (mean of {seeds} seeds)" if seeds > 1 else "") + f", {float(best['gflops']):.3f} GFLOPs")
+        if outcome.note:
+            print(f"  {outcome.note}")
         try:
             import json
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from results.choice import REFERENCES, Choice, format_gain
 from results.io import atomic_write_text
+from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estimate
 from space import ArchConfig
 from space.backbones import family
 
@@ -156,9 +158,22 @@ def _fmt(value: object, spec: str) -> str:
     return "—" if math.isnan(v) else format(v, spec)
 
 
+def _quality(row: pd.Series, objective: str) -> str:
+    """The first objective of a per-config row: mean ± 95 % half-width over its seeds."""
+    scale, unit = (100.0, " %") if objective == "accuracy" else (1.0, "")
+    digits = ".2f" if objective == "accuracy" else ".4g"
+    text = _fmt(scale * row[objective], digits)
+    half = row.get(interval_column(objective), math.nan)
+    n = int(row.get(SEEDS, 1) or 0)
+    if n >= 2 and _fmt(half, "f") != "—":
+        text += f" ± {_fmt(scale * half, digits)}"
+    return f"{text}{unit} ({n} seed{'s' if n != 1 else ''})"
+
+
 def best_config_markdown(
-    best: pd.Series,
+    choice: Choice,
     df: pd.DataFrame,
+    means: pd.DataFrame,
     objectives: Sequence[str],
     rule: str,
     *,
@@ -166,38 +181,54 @@ def best_config_markdown(
     dataset: str = "fashion-mnist",
     num_classes: int = 1000,
 ) -> str:
-    """``best_config.md``: what was chosen, by which rule, its objectives, and how it compares with both references."""
+    """``best_config.md``: what was chosen, by which rule, its objectives (means over seeds, with intervals), and
+    how it compares with both references: paired gains with 95 % intervals and a verdict."""
+    best = choice.best
+    quality = objectives[0]
     arch = ArchConfig.from_dict(json.loads(best["config_json"]))
-    refs = {r: df[(df["reference"] == r) & (df["status"] == "completed")] for r in ("baseline", "paper_default")}
-    lines = [
-        f"# Chosen architecture ({rule})",
+    plain = means[(means["reference"] == "baseline") & (means["status"] == "completed")]
+    base_gflops = float(plain["gflops"].iloc[0]) if len(plain) else math.nan
+    replicates = int((df[REPLICATE_OF].astype(str) != "").sum()) if REPLICATE_OF in df.columns else 0
+    trials = len(df) - replicates
+    sd, dof = noise_estimate(df, quality)
+    scale = 100.0 if quality == "accuracy" else 1.0
+    unit = "points" if quality == "accuracy" else ""
+    lines = [f"# Chosen architecture ({rule})", "", f"`{arch.describe()}`", ""]
+    if choice.note:
+        lines += [f"**{choice.note}**", ""]
+    lines += [
+        f"Trial {best['trial_id']} of {trials} trials ({int((means['status'] == 'completed').sum())} completed), "
+        f"plus {replicates} replicate run(s) of the finalists. Objectives: {', '.join(objectives)}. "
+        f"{quality.capitalize()} is the proxy's validation {quality} on {dataset}; GFLOPs are counted at "
+        f"{resolution} px (one multiply-add = one FLOP).",
         "",
-        f"`{arch.describe()}`",
+        (f"Seed noise: the pooled within-config standard deviation of {quality} is {_fmt(scale * sd, '.3g')} "
+         f"{unit} ({dof} degrees of freedom, from the replicates)." if dof else
+         "Seed noise: not measured (no replicates; run with --replicates K): no difference below is "
+         "distinguishable from it."),
         "",
-        f"Trial {best['trial_id']} of {len(df)} ({int((df['status'] == 'completed').sum())} completed). "
-        f"Objectives: {', '.join(objectives)}. Accuracy is the proxy's validation accuracy on {dataset}; "
-        f"GFLOPs are counted at {resolution} px (one multiply-add = one FLOP).",
-        "",
-        "| | proxy accuracy | GFLOPs | params (M) |",
-        "|---|---:|---:|---:|",
-        f"| **chosen** | {_fmt(100 * best['accuracy'], '.2f')} % | {_fmt(best['gflops'], '.4f')} | "
-        f"{_fmt(best['params'] / 1e6, '.3f')} |",
+        f"| | proxy {quality} (mean ± 95 % interval) | GFLOPs | FLOPs over plain | params (M) |",
+        "|---|---:|---:|---:|---:|",
     ]
+    rows = [("**chosen**", best)]
     for name, label in (("baseline", "plain backbone"), ("paper_default", "paper default (SCSA everywhere)")):
-        rows = refs[name]
-        if len(rows):
-            r = rows.iloc[0]
-            lines.append(f"| {label} | {_fmt(100 * r['accuracy'], '.2f')} % | {_fmt(r['gflops'], '.4f')} | "
-                         f"{_fmt(r['params'] / 1e6, '.3f')} |")
-        else:
-            lines.append(f"| {label} | not completed | | |")
-    for name, label in (("baseline", "plain backbone"), ("paper_default", "paper default")):
-        rows = refs[name]
-        if len(rows):
-            r = rows.iloc[0]
-            lines.append("")
-            lines.append(f"Against the {label}: {_fmt(100 * (best['accuracy'] - r['accuracy']), '+.2f')} accuracy "
-                         f"points for {_fmt(best['gflops'] - r['gflops'], '+.4f')} GFLOPs.")
+        ref = means[means["reference"] == name]
+        rows.append((label, ref.iloc[0] if len(ref) else None))
+    for label, row in rows:
+        if row is None or row["status"] != "completed":
+            lines.append(f"| {label} | not completed | | | |")
+            continue
+        over = _fmt(100 * (float(row["gflops"]) / base_gflops - 1), "+.2f")
+        lines.append(f"| {label} | {_quality(row, quality)} | {_fmt(row['gflops'], '.4f')} | {over} % | "
+                     f"{_fmt(row['params'] / 1e6, '.3f')} |")
+    for name, (diff, word) in choice.gains.items():
+        if word == "same config":
+            continue
+        ref = means[means["reference"] == name].iloc[0]
+        verdict_text = "not distinguishable at this fidelity" if word == "not distinguishable" else word
+        lines += ["", f"Against the {REFERENCES[name]}: {format_gain(diff, quality)} (paired over "
+                      f"{diff.n} seed(s), 95 % interval): **{verdict_text}**; for "
+                      f"{_fmt(best['gflops'] - ref['gflops'], '+.4f')} GFLOPs."]
     lines += [
         "",
         "Per stage:",
@@ -225,8 +256,9 @@ def best_config_markdown(
 
 def export_best(
     out_dir: str | os.PathLike[str],
-    best: pd.Series,
+    choice: Choice,
     df: pd.DataFrame,
+    means: pd.DataFrame,
     objectives: Sequence[str],
     rule: str,
     *,
@@ -234,10 +266,10 @@ def export_best(
     dataset: str = "fashion-mnist",
     num_classes: int = 1000,
 ) -> dict[str, Path]:
-    """Write ``best_config.json``, ``best_config.md`` and the mmpretrain config for the chosen row."""
-    arch = ArchConfig.from_dict(json.loads(best["config_json"]))
+    """Write ``best_config.json``, ``best_config.md`` and the mmpretrain config for the chosen config."""
+    arch = ArchConfig.from_dict(json.loads(choice.best["config_json"]))
     out = Path(out_dir)
-    md = best_config_markdown(best, df, objectives, rule, resolution=resolution, dataset=dataset,
+    md = best_config_markdown(choice, df, means, objectives, rule, resolution=resolution, dataset=dataset,
                               num_classes=num_classes)
     atomic_write_text(out / BEST_MD, md)
     return {

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 
 from results.io import atomic_path
 from results.pareto import DEFAULT_OBJECTIVES, pareto_front
+from results.replicates import SEEDS, interval_column
 
 __all__ = ["param_importances", "plot_effects", "plot_hypervolume", "plot_pareto"]
 
@@ -165,6 +166,8 @@ def plot_pareto(
                 label=f"non-dominated in {', '.join(objectives)} ({len(full)})",
             )
 
+    _interval_bars(ax, completed, objectives[0])
+    _percent_axis(ax, df)
     labels = _mark_references(ax, df)
     chosen = _resolve_best(df, best)
     if chosen is not None and np.isfinite(float(chosen.get("gflops", np.nan))):
@@ -174,7 +177,7 @@ def plot_pareto(
         # First in the list, so the chosen row gets the best label spot.
         labels.insert(0, (gx, ay, best_label, "#7d6608"))
 
-    counts = f"{len(df)} trials: {len(completed)} completed, {len(stopped)} stopped, {n_failed} failed"
+    counts = f"{len(df)} configs: {len(completed)} completed, {len(stopped)} stopped, {n_failed} failed"
     ax.set_title(title or f"{_backbone(df)}: proxy accuracy vs GFLOPs\n{counts}", fontsize=11)
     ax.set_xlabel(f"GFLOPs ({resolution} px)")
     ax.set_ylabel("proxy accuracy (%)")
@@ -184,6 +187,32 @@ def plot_pareto(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8, framealpha=0.9, markerscale=0.8)
     return _save(fig, path)
+
+
+def _interval_bars(ax: Axes, completed: pd.DataFrame, objective: str) -> None:
+    """95 % interval bars on the configs trained with several seeds (the finalists; see results.replicates)."""
+    column = interval_column(objective)
+    if objective != "accuracy" or column not in completed.columns:
+        return
+    rows = completed[pd.to_numeric(completed[column], errors="coerce").notna()]
+    if rows.empty:
+        return
+    seeds = int(rows[SEEDS].max()) if SEEDS in rows.columns else 0
+    ax.errorbar(rows["gflops"], 100 * rows["accuracy"], yerr=100 * rows[column].astype(float), fmt="none",
+                ecolor="#333333", elinewidth=1.0, capsize=3, zorder=4,
+                label=f"finalists: mean of up to {seeds} seeds, 95 % interval ({len(rows)})")
+
+
+def _percent_axis(ax: Axes, df: pd.DataFrame) -> None:
+    """A second GFLOPs scale on top, in % over the plain backbone: how much of the cost the range really spans."""
+    if "reference" not in df.columns:
+        return
+    plain = pd.to_numeric(df.loc[df["reference"].astype("string") == "baseline", "gflops"], errors="coerce").dropna()
+    if plain.empty or not plain.iloc[0] > 0:
+        return
+    base = float(plain.iloc[0])
+    top = ax.secondary_xaxis("top", functions=(lambda g: 100 * (g / base - 1), lambda p: base * (1 + p / 100)))
+    top.set_xlabel("FLOPs over the plain backbone (%)", fontsize=9)
 
 
 def _place_labels(ax: Axes, labels: list[tuple[float, float, str, str]]) -> None:

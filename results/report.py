@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from results.choice import choose
 from results.export import export_best
 from results.frame import read_trials, trials_frame, write_pareto, write_trials
-from results.pareto import hypervolume_history, reference_point, select_best
+from results.pareto import hypervolume_history, reference_point
 from results.plots import plot_effects, plot_hypervolume, plot_pareto
+from results.replicates import config_means
 
 PARETO_PNG = "pareto.png"
 HYPERVOLUME_PNG = "hypervolume.png"
@@ -23,10 +25,11 @@ EFFECTS_PNG = "effects.png"
 
 
 def update(out_dir: str | os.PathLike[str], records: Iterable[Mapping], objectives: Sequence[str]) -> pd.DataFrame:
-    """Rewrite ``trials.csv``, ``trials.parquet`` and ``pareto.csv`` from all records so far."""
+    """Rewrite ``trials.csv``, ``trials.parquet`` (every trial and replicate) and ``pareto.csv`` (the front of the
+    per-config means) from all records so far."""
     df = trials_frame(list(records))
     write_trials(df, out_dir)
-    write_pareto(df, out_dir, objectives)
+    write_pareto(config_means(df, objectives), out_dir, objectives)
     return df
 
 
@@ -41,31 +44,35 @@ def finalize(
     num_classes: int = 1000,
 ) -> dict[str, object]:
     """Frames, plots and the export of the chosen architecture. Returns the paths written and the chosen row
-    (``best`` is ``None`` with a ``reason`` when no completed trial satisfies ``select``)."""
+    (``best`` is ``None`` with a ``reason`` when no completed trial satisfies ``select``). Fronts, plots and the
+    choice use the per-config means (:func:`results.replicates.config_means`)."""
     out = Path(out_dir)
     df = records if isinstance(records, pd.DataFrame) else trials_frame(list(records))
     if not isinstance(records, pd.DataFrame):
         write_trials(df, out)
-    write_pareto(df, out, objectives)
+    means = config_means(df, objectives)
+    write_pareto(means, out, objectives)
     written: dict[str, object] = {"trials.csv": out / "trials.csv", "pareto.csv": out / "pareto.csv"}
-    best = None
+    choice = None
     try:
-        best = select_best(df, objectives, select)
+        choice = choose(df, objectives, select, means)
     except ValueError as e:
         written["reason"] = str(e)
-    written["pareto.png"] = plot_pareto(df, out / PARETO_PNG, objectives, best, resolution=resolution,
+    best = choice.best if choice is not None else None
+    written["pareto.png"] = plot_pareto(means, out / PARETO_PNG, objectives, best, resolution=resolution,
                                         best_label=f"chosen ({select})")
     try:
-        ref = reference_point(df, objectives)
-        written["hypervolume.png"] = plot_hypervolume(hypervolume_history(df, objectives, ref),
+        ref = reference_point(means, objectives)
+        written["hypervolume.png"] = plot_hypervolume(hypervolume_history(means, objectives, ref),
                                                       out / HYPERVOLUME_PNG, reference_point=ref)
         written["reference_point"] = ref
     except ValueError as e:  # nothing completed and no reference costs yet
         written.setdefault("reason", str(e))
-    written["effects.png"] = plot_effects(df, out / EFFECTS_PNG)
-    if best is not None:
-        written.update(export_best(out, best, df, objectives, select, resolution=resolution, dataset=dataset,
-                                   num_classes=num_classes))
+    written["effects.png"] = plot_effects(means, out / EFFECTS_PNG)
+    if choice is not None:
+        written.update(export_best(out, choice, df, means, objectives, select, resolution=resolution,
+                                   dataset=dataset, num_classes=num_classes))
+        written["note"] = choice.note
     written["best"] = best
     return written
 

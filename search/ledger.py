@@ -4,7 +4,8 @@ Two files in ``--out`` hold it, both written before anything else can see the ch
 moment loses at most the trials that were running:
 
 * ``launched.jsonl`` — one line per trial the moment it is handed to Ray (number, trial id, config, reference,
-  Optuna trial number), appended and fsync'ed. It is what the budget counts: budget = trials launched.
+  Optuna trial number; for a replicate, the trial it repeats and its index), appended and fsync'ed. It is what the
+  budget counts: budget = trials launched, replicates apart (they are planned once the budget's trials are done).
 * ``trials.csv`` / ``trials.parquet`` (through ``results.report.update``) — one row per *finished* trial.
 
 A launched trial without a row was running when the search died; ``--resume`` runs it again under the same
@@ -55,6 +56,8 @@ class Launch:
     config: dict
     reference: str = ""
     optuna_number: int | None = None
+    replicate_of: str = ""  # a replicate: the trial id of the config's first trial
+    replicate: int = 0  # a replicate: 1, 2, ... (its seed follows from it)
 
     @property
     def key(self) -> str:
@@ -99,7 +102,7 @@ class Ledger:
     # -- writing -----------------------------------------------------------------------------------------------
     def launch(self, launch: Launch) -> None:
         """Append ``launch`` to the journal (durably) before Ray sees the trial."""
-        if launch.trial_id in self.launches and launch.trial_id not in self.unfinished_ids():
+        if launch.trial_id in self.launches and launch.trial_id in self.records:
             raise ValueError(f"trial {launch.trial_id} was launched already and has finished")
         self.out.mkdir(parents=True, exist_ok=True)
         line = json.dumps(launch.__dict__, separators=(",", ":")) + "\n"
@@ -123,9 +126,19 @@ class Ledger:
     def ordered_records(self) -> list[dict]:
         return sorted(self.records.values(), key=lambda r: int(r["number"]))
 
-    def unfinished_ids(self) -> list[str]:
-        """Launched trials without a record: running now, or interrupted in an earlier session."""
-        return [tid for tid in self.launches if tid not in self.records]
+    def unfinished_ids(self, replicates: bool = False) -> list[str]:
+        """Launched trials (or, with ``replicates``, replicates) without a record: running now, or interrupted in
+        an earlier session."""
+        return [tid for tid, launch in self.launches.items()
+                if tid not in self.records and bool(launch.replicate_of) == replicates]
+
+    def trials_launched(self) -> int:
+        """What the budget counts: launched trials, replicates apart."""
+        return sum(1 for launch in self.launches.values() if not launch.replicate_of)
+
+    def replicates_of(self, trial_id: str) -> dict[int, Launch]:
+        """Replicate index -> launch, of the config whose first trial is ``trial_id``."""
+        return {launch.replicate: launch for launch in self.launches.values() if launch.replicate_of == trial_id}
 
     def next_number(self) -> int:
         return max((launch.number for launch in self.launches.values()), default=-1) + 1
@@ -135,10 +148,12 @@ class Ledger:
         tid = self._by_key.get(config_key(arch))
         return None if tid is None else (tid, self.records.get(tid))
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, replicates: bool = False) -> dict[str, int]:
+        """Finished trials (or, with ``replicates``, replicates) per status."""
         counts = {"completed": 0, "stopped": 0, "failed": 0}
         for record in self.records.values():
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
+            if bool(record.get("replicate_of")) == replicates:
+                counts[record["status"]] = counts.get(record["status"], 0) + 1
         return counts
 
 

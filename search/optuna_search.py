@@ -45,7 +45,7 @@ from space import ArchConfig, SearchSpace
 
 from .ledger import Launch, Ledger, trial_name
 
-__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "build_record", "reconcile_study"]
+__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "build_record", "reconcile_study", "status_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ def build_record(
         "optuna_number": launch.optuna_number,
         "seed": result.get("seed"),
     }
+    if launch.replicate_of:
+        record["replicate_of"] = launch.replicate_of
     if curve:
         record["accuracy_curve"] = [round(float(a), 6) for a in curve]
     return record
@@ -271,7 +273,7 @@ class ParetoOptunaSearch(OptunaSearch):
             return
         if result is not None and result.get("accuracy") is not None:
             self.on_trial_result(trial_id, result)  # Ray does not pass the last result to on_trial_result
-        status, why = _status_of(result, self._metric)
+        status, why = status_of(result, self._metric)
         record = build_record(launch, result, status, why, self._curves.get(trial_id))
         self._ledger.finish(record)
         self._tell(trial_id, record)
@@ -304,6 +306,29 @@ class ParetoOptunaSearch(OptunaSearch):
     def pending_duplicates(self) -> dict[str, list[int]]:
         return dict(self._waiting_duplicates)
 
+    def finished(self, trial_id: str) -> bool:
+        """Whether Ray trial ``trial_id`` has been closed (recorded or told)."""
+        return trial_id in self._completed_trials
+
+    def mark_interrupted(self, trial_id: str) -> None:
+        """A trial cut off by Ctrl-C: not recorded (``--resume`` runs it again); the study learns it was cut off."""
+        number = self._launch_of[trial_id].optuna_number
+        if number is not None:
+            # Optuna has no public call to fail a trial another process may still hold; its storage does it.
+            frozen = self._ot_study.trials[number]
+            self._ot_study._storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
+            self._ot_study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+
+    def record_failure(self, trial_id: str, result: dict | None, reason: str) -> None:
+        """Write the record of a trial that failed in Ray (Ray told this searcher first, which told Optuna)."""
+        launch = self._launch_of.get(trial_id)
+        if launch is not None:
+            self._ledger.finish(build_record(launch, result, "failed", reason, self._curves.get(trial_id)))
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
     # Ray checkpoints searchers by pickling them; this one's state is the study database and the ledger.
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w", encoding="utf-8") as fh:
@@ -313,7 +338,7 @@ class ParetoOptunaSearch(OptunaSearch):
         raise NotImplementedError("resume with `run_search.py --resume --out DIR`, not Tuner.restore")
 
 
-def _status_of(result: dict | None, metrics: Sequence[str]) -> tuple[str, str]:
+def status_of(result: dict | None, metrics: Sequence[str]) -> tuple[str, str]:
     """``("completed" | "stopped" | "failed", reason)`` from a trial's last result."""
     if not result or result.get("epoch") is None:
         return "failed", "ended without reporting a result"

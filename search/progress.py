@@ -18,7 +18,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from .optuna_search import ParetoOptunaSearch, build_record
+from .optuna_search import ParetoOptunaSearch
 
 __all__ = ["HEARTBEAT_S", "ProgressCallback", "SearchStopper", "describe_error"]
 
@@ -99,8 +99,10 @@ class ProgressCallback(Callback):
         objectives: list[str],
         select: str = "knee",
         echo: Callable[[str], None] | None = None,
+        replicates: bool = False,
     ) -> None:
         self.searcher = searcher
+        self.replicates = replicates  # the replicate phase: counts replicates, not the budget's trials
         self.total = total  # the budget
         self.session_trials = session_trials  # trials this session launches
         self.objectives = objectives
@@ -135,14 +137,8 @@ class ProgressCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
-        launch = self.searcher.launched.get(trial.trial_id)
-        if launch is not None:
-            # The searcher told Optuna FAIL already (Ray notifies it first); the record with the reason is ours.
-            reason = describe_error(trial)
-            record = build_record(launch, self.last_results.get(trial.trial_id), "failed", reason,
-                                  self.searcher._curves.get(trial.trial_id))
-            record["status"] = "failed"
-            self.searcher._ledger.finish(record)
+        # The searcher told Optuna FAIL already (Ray notifies it first); the record with the reason is written now.
+        self.searcher.record_failure(trial.trial_id, self.last_results.get(trial.trial_id), describe_error(trial))
         self.finished_this_session += 1
         self.report(force=True)
 
@@ -157,10 +153,10 @@ class ProgressCallback(Callback):
 
     # -- the line --------------------------------------------------------------------------------------------------
     def line(self) -> str:
-        ledger = self.searcher._ledger
-        counts = ledger.counts()
-        done = sum(counts.values())
-        parts = [f"[{done:>{len(str(self.total))}}/{self.total}] completed {counts['completed']} · stopped "
+        counts = self.searcher.ledger.counts(self.replicates)
+        done = sum(counts.values()) if not self.replicates else self.finished_this_session
+        what = "replicates " if self.replicates else ""
+        parts = [f"[{what}{done:>{len(str(self.total))}}/{self.total}] completed {counts['completed']} · stopped "
                  f"{counts['stopped']} · failed {counts['failed']} · running {len(self.running)}"]
         parts.append(self._front_and_best())
         elapsed = time.time() - self.start
@@ -174,12 +170,17 @@ class ProgressCallback(Callback):
     def _front_and_best(self) -> str:
         from results.frame import trials_frame
         from results.pareto import pareto_front, select_best
+        from results.replicates import config_means, noise_estimate
 
-        records = self.searcher._ledger.ordered_records()
+        records = self.searcher.ledger.ordered_records()
         if not records:
             return "front 0"
-        df = trials_frame(records)
+        raw = trials_frame(records)
+        df = config_means(raw, self.objectives)
         text = f"front {len(pareto_front(df, self.objectives))}"
+        if self.replicates:
+            sd, dof = noise_estimate(raw, self.objectives[0])
+            text += f" | noise sd {sd:.4g} ({dof} dof)" if dof else ""
         try:
             best = select_best(df, self.objectives, self.select)
         except ValueError:  # nothing completed yet, or nothing meets the --select rule yet

@@ -69,6 +69,9 @@ class SearchOutcome:
     timed_out: bool = False
     exhausted: bool = False
     duplicates: int = 0
+    replicate_counts: dict[str, int] = field(default_factory=dict)
+    noise: str = ""
+    note: str = ""  # why the choice differs from what the --select rule picked (results.choice)
     written: dict[str, Any] = field(default_factory=dict)
     best: Any = None
     reason: str = ""
@@ -81,7 +84,7 @@ def plan_forced(settings: SearchSettings, ledger: Ledger) -> tuple[list[Forced],
     for tid in sorted(ledger.unfinished_ids(), key=lambda t: ledger.launches[t].number):
         launch = ledger.launches[tid]
         reruns.append(Forced(launch.arch, launch.reference, launch.trial_id, launch.number))
-    new = max(0, settings.budget - len(ledger.launches))
+    new = max(0, settings.budget - ledger.trials_launched())
     references = []
     for name, make in (("baseline", ArchConfig.baseline), ("paper_default", ArchConfig.paper_default)):
         arch = make(settings.backbone)
@@ -179,14 +182,12 @@ def run(settings: SearchSettings, echo=print) -> SearchOutcome:
 
 
 def _run_session(settings: SearchSettings, echo, deadline: float | None) -> SearchOutcome:
-    from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     from results.report import finalize
 
-    from .progress import ProgressCallback, SearchStopper
+    from .progress import SearchStopper
     from .scheduler import ParetoASHAScheduler
-    from .trainable import train_trial
 
     out = settings.out_path
     space = SearchSpace.from_spec(settings.backbone, settings.space_spec)
@@ -194,13 +195,12 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
     forced, new = plan_forced(settings, ledger)
     session_trials = len([f for f in forced if f.trial_id is not None]) + new
 
-    started_ray = _init_ray(settings) if session_trials else False
     stopper = SearchStopper(None if deadline is None else deadline - time.time())
+    fit = _Fitter(settings, stopper, echo)
     searcher = None
-    worker_lost: BaseException | None = None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        settings.write_manifest()
+        settings.write_manifest(seed_noise(ledger, settings.objectives[0]))
         storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_DB).resolve()}")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         n_in_study = 0
@@ -230,95 +230,168 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
                 scheduler = ParetoASHAScheduler(settings.objectives, settings.modes, settings.epochs,
                                                 settings.grace_period, settings.reduction_factor)
                 for record in ledger.records.values():
-                    if record.get("accuracy_curve"):
+                    if record.get("accuracy_curve") and not record.get("replicate_of"):
                         scheduler.seed(record["trial_id"], record["accuracy_curve"],
                                        {k: record.get(k) for k in settings.objectives[1:]})
             else:
                 scheduler = FIFOScheduler()
-            progress = ProgressCallback(searcher, settings.budget, session_trials, settings.objectives,
-                                        settings.select, echo=echo)
-            trial_settings = {
-                "dataset": settings.dataset, "data_dir": settings.data_dir, "proxy": settings.proxy,
-                "seed": settings.seed, "device": settings.device, "threads": settings.cpus_per_trial,
-                "resolution": settings.resolution, "objectives": settings.objectives,
-            }
-            trainable = tune.with_resources(
-                tune.with_parameters(train_trial, settings=trial_settings),
-                {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
-            )
-            # The legacy reporter honours verbose=0; the new one prints its table whatever the verbosity.
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-            session = _next_session(settings.storage_path)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    scheduler=scheduler,
-                    num_samples=session_trials,
-                    max_concurrent_trials=settings.max_concurrent,
-                    reuse_actors=True,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=f"session-{session}",
-                    storage_path=settings.storage_path,
-                    stop=stopper,
-                    callbacks=[progress],
-                    verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=settings.retries),
-                ),
-            )
             echo(f"searching: {session_trials} trial(s) this session, up to {settings.max_concurrent} at a time "
                  f"x {settings.cpus_per_trial} CPU(s)"
                  + (f" + {settings.gpus_per_trial:g} GPU" if settings.gpus_per_trial else "")
                  + f"; results in {out}")
-            with _graceful_interrupt(stopper, echo):
-                try:
-                    tuner.fit()
-                except Exception as e:
-                    worker_lost = lost_worker(e)
-                    if worker_lost is None:
-                        raise
-                    stopper.interrupt()  # what was running is left unrecorded, for the resume to run again
-            _close_unfinished(searcher, progress, stopper, echo)
+            fit(searcher, scheduler, session_trials, settings.budget)
+        if not (stopper.interrupted or stopper.timed_out):
+            _replicate(settings, ledger, fit, echo)
     finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    if worker_lost is not None:
-        raise _WorkerLost(worker_lost)
+        fit.shutdown()
+    if fit.worker_lost is not None:
+        raise _WorkerLost(fit.worker_lost)
 
     written = finalize(out, ledger.ordered_records(), settings.objectives, settings.select,
                        resolution=settings.resolution, dataset=settings.dataset, num_classes=settings.num_classes) \
         if ledger.records else {}
     return SearchOutcome(
         out=out,
-        launched_total=len(ledger.launches),
+        launched_total=ledger.trials_launched(),
         budget=settings.budget,
         counts=ledger.counts(),
         interrupted=stopper.interrupted,
         timed_out=stopper.timed_out,
         exhausted=bool(searcher and searcher._exhausted),
         duplicates=searcher.duplicates if searcher else 0,
+        replicate_counts=ledger.counts(replicates=True),
+        noise=noise_line(seed_noise(ledger, settings.objectives[0])),
         written={k: v for k, v in written.items() if isinstance(v, Path)},
         best=written.get("best"),
         reason=str(written.get("reason", "")),
+        note=str(written.get("note", "")),
     )
 
 
-def _close_unfinished(searcher: ParetoOptunaSearch, progress, stopper, echo) -> None:
+def seed_noise(ledger: Ledger, objective: str) -> dict[str, Any] | None:
+    """The pooled within-config standard deviation of ``objective`` over the replicated configs (``search.json``'s
+    ``noise``), or None before any replicate finished."""
+    from results.frame import trials_frame
+    from results.replicates import noise_estimate
+
+    records = ledger.ordered_records()
+    if not any(r.get("replicate_of") for r in records):
+        return None
+    sd, dof = noise_estimate(trials_frame(records), objective)
+    return {"objective": objective, "sd": sd, "dof": dof} if dof else None
+
+
+def noise_line(noise: dict[str, Any] | None) -> str:
+    """``"seed noise of accuracy: sd 0.0091 (pooled within configs, 10 degrees of freedom)"``, or ""."""
+    if not noise:
+        return ""
+    return (f"seed noise of {noise['objective']}: sd {noise['sd']:.4g} (pooled within configs, {noise['dof']} "
+            f"degrees of freedom)")
+
+
+def _replicate(settings: SearchSettings, ledger: Ledger, fit: _Fitter, echo) -> None:
+    """The replicate phase (see :mod:`search.replicates`): rounds until the finalists stop changing."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from .replicates import ReplicateSearch, plan_replicates
+
+    # Each round launches at least one replicate that did not exist, and configs are finite: this ends.
+    while True:
+        todo = plan_replicates(ledger, settings.objectives, settings.replicates)
+        if not todo:
+            break
+        configs = len({launch.replicate_of for launch in todo})
+        echo(f"replicates: {len(todo)} run(s) for {configs} finalist(s), {settings.replicates} more seed(s) each")
+        fit(ReplicateSearch(ledger, todo, settings.objectives, settings.modes), FIFOScheduler(), len(todo),
+            len(todo), replicates=True)
+        if fit.stopper.interrupted or fit.stopper.timed_out or fit.worker_lost is not None:
+            break
+    noise = seed_noise(ledger, settings.objectives[0])
+    if noise:
+        settings.write_manifest(noise)
+        echo(noise_line(noise))
+
+
+class _Fitter:
+    """Runs one Tuner over a searcher (starting Ray on first use), and closes what the Tuner left open."""
+
+    def __init__(self, settings: SearchSettings, stopper, echo) -> None:
+        self.settings = settings
+        self.stopper = stopper
+        self.echo = echo
+        self.started_ray = False
+        self.ray_ready = False
+        self.worker_lost: BaseException | None = None
+        self.session = _next_session(settings.storage_path)
+
+    def __call__(self, searcher, scheduler, num_samples: int, total: int, replicates: bool = False) -> None:
+        from ray import tune
+
+        from .progress import ProgressCallback
+        from .trainable import train_trial
+
+        if self.worker_lost is not None:
+            return
+        if not self.ray_ready:
+            self.started_ray = _init_ray(self.settings)
+            self.ray_ready = True
+        settings = self.settings
+        progress = ProgressCallback(searcher, total, num_samples, settings.objectives, settings.select,
+                                    echo=self.echo, replicates=replicates)
+        trial_settings = {
+            "dataset": settings.dataset, "data_dir": settings.data_dir, "proxy": settings.proxy,
+            "seed": settings.seed, "device": settings.device, "threads": settings.cpus_per_trial,
+            "resolution": settings.resolution, "objectives": settings.objectives,
+        }
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, settings=trial_settings),
+            {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+        )
+        # The legacy reporter honours verbose=0; the new one prints its table whatever the verbosity.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        name = f"session-{self.session}" + ("-replicates" if replicates else "")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=settings.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=settings.storage_path,
+                stop=self.stopper,
+                callbacks=[progress],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=settings.retries),
+            ),
+        )
+        with _graceful_interrupt(self.stopper, self.echo):
+            try:
+                tuner.fit()
+            except Exception as e:
+                self.worker_lost = lost_worker(e)
+                if self.worker_lost is None:
+                    raise
+                self.stopper.interrupt()  # what was running is left unrecorded, for the resume to run again
+        _close_unfinished(searcher, progress, self.stopper, self.echo)
+
+    def shutdown(self) -> None:
+        if self.started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _close_unfinished(searcher, progress, stopper, echo) -> None:
     """Trials Ray ended without telling anyone: the whole search was stopped while they ran."""
-    left = [rid for rid in searcher.launched if rid not in searcher._completed_trials]
+    left = [rid for rid in searcher.launched if not searcher.finished(rid)]
     for rid in left:
-        launch = searcher.launched[rid]
         if stopper.interrupted:
-            # Not recorded: --resume runs them again under the same id. The study learns they were cut off.
-            number = launch.optuna_number
-            if number is not None:
-                frozen = searcher.study.trials[number]
-                searcher.study._storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
-                searcher.study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+            searcher.mark_interrupted(rid)  # not recorded: --resume runs it again under the same id
             continue
         last = progress.last_results.get(rid)
         why = "time budget reached" if stopper.timed_out else "search ended"

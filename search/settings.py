@@ -114,6 +114,7 @@ class SearchSettings:
     grace_period: int = 1
     reduction_factor: int = 3
     retries: int = 0
+    replicates: int = 2  # further seeds of each finalist once the budget's trials are done (search/replicates.py)
     population_size: int = 20
     resolution: int = 224  # of the cost objectives (GFLOPs, latency): ImageNet-size, comparable with papers
     num_classes: int = 10  # of the proxy dataset (for the exported configs)
@@ -146,9 +147,13 @@ class SearchSettings:
         d["study_name"] = STUDY_NAME
         return d
 
-    def write_manifest(self) -> Path:
+    def write_manifest(self, noise: dict[str, Any] | None = None) -> Path:
+        """Write ``search.json``; ``noise`` (the seed noise the replicates measured) is kept beside the settings."""
         path = self.out_path / MANIFEST
-        atomic_write_text(path, json.dumps(self.to_manifest(), indent=2, sort_keys=True) + "\n")
+        manifest = self.to_manifest()
+        if noise:
+            manifest["noise"] = noise
+        atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return path
 
     @staticmethod

@@ -137,6 +137,8 @@ def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
     from evaluators.proxy import fidelity, train_proxy
     from space import ArchConfig
 
+    from .replicates import replicate_seed
+
     threads = int(settings.get("threads") or 1)
     torch.set_num_threads(threads)
     arch = ArchConfig.from_dict(config["arch"]).validate()
@@ -149,7 +151,7 @@ def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
         costs["latency_ms"] = measure_latency(arch, resolution=settings["resolution"], device=device,
                                               threads=threads).median_ms
     attempt = int(config.get("attempt", 0))
-    seed = int(settings["seed"]) + attempt
+    seed = replicate_seed(int(settings["seed"]), int(config.get("replicate", 0)), attempt)
     fid = fidelity(settings["proxy"], threads=threads)
     fault = _inject_fault(config["trial_key"], attempt)
     for ep in train_proxy(arch, settings["dataset"], settings.get("data_dir"), fid, seed, device):

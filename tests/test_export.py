@@ -8,8 +8,10 @@ import timm
 import torch
 
 import space.timm_models  # noqa: F401  (registers scsa_* entry points)
+from results.choice import choose
 from results.export import export_best, mmpretrain_config, mmpretrain_limits, write_best_config
 from results.frame import trials_frame
+from results.replicates import config_means
 from space import ArchConfig, SearchSpace, StageConfig, build_model
 
 
@@ -76,17 +78,48 @@ def test_mmpretrain_plain_and_mobilenet(tmp_path):
     assert "regnetx_002" in " ".join(mmpretrain_limits(ArchConfig.paper_default("regnetx_002")))
 
 
-def test_export_best_writes_all_files(tmp_path):
+def _replicated(accs: dict[int, list[float]]) -> pd.DataFrame:
+    """Three resnet18 configs (plain, paper default, a sample), each trained with the seeds of ``accs``."""
     archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"), SearchSpace("resnet18").sample(1)]
-    recs = [dict(trial_id=f"t{i}", number=i, status="completed", reference=r, accuracy=acc, gflops=g, params=p,
-                 config=a.to_dict())
-            for i, (a, r, acc, g, p) in enumerate(zip(archs, ["baseline", "paper_default", ""], [0.8, 0.82, 0.85],
-                                                      [1.82, 1.83, 1.825], [11_689_512, 11_720_232, 11_700_000]))]
-    df = trials_frame(recs)
-    best = df.iloc[2]
-    files = export_best(tmp_path, best, df, ["accuracy", "gflops"], "max-accuracy", num_classes=10)
+    refs, gflops = ["baseline", "paper_default", ""], [1.82, 1.83, 1.825]
+    params = [11_689_512, 11_720_232, 11_700_000]
+    recs, number = [], 3
+    for i, arch in enumerate(archs):
+        for k, acc in enumerate(accs[i]):
+            rec = dict(trial_id=f"t{i}" + (f"r{k}" if k else ""), number=i if k == 0 else number, seed=1000 * k,
+                       status="completed", reference=refs[i], accuracy=acc, gflops=gflops[i], params=params[i],
+                       config=arch.to_dict())
+            if k:
+                rec["replicate_of"], number = f"t{i}", number + 1
+            recs.append(rec)
+    return trials_frame(recs)
+
+
+def test_export_best_writes_all_files_with_gains_as_paired_intervals(tmp_path):
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.84, 0.81, 0.86], 2: [0.85, 0.86, 0.84]})
+    means = config_means(df, ["accuracy", "gflops"])
+    choice = choose(df, ["accuracy", "gflops"], "max-accuracy", means)
+    files = export_best(tmp_path, choice, df, means, ["accuracy", "gflops"], "max-accuracy", num_classes=10)
     assert all(p.exists() for p in files.values())
     md = (tmp_path / "best_config.md").read_text()
-    assert "+5.00 accuracy points" in md and "paper default" in md and "timm.create_model" in md
-    assert ArchConfig.from_dict(json.loads((tmp_path / "best_config.json").read_text())) == archs[2]
-    assert isinstance(df, pd.DataFrame)
+    # seed by seed the sample beats the plain backbone by exactly 5 points: interval 0, "better"
+    assert "Against the plain backbone: +5.00 ± 0.00 accuracy points (paired over 3 seed(s)" in md
+    assert "**better**" in md and "85.00 ± 2.48 % (3 seeds)" in md
+    assert "Against the paper default: +1.33 ± " in md and "**not distinguishable at this fidelity**" in md
+    assert "Seed noise: the pooled within-config standard deviation of accuracy is 1.67 points (6 degrees" in md
+    assert "timm.create_model" in md and "chosen instead" not in md
+    assert ArchConfig.from_dict(json.loads((tmp_path / "best_config.json").read_text())) == SearchSpace(
+        "resnet18").sample(1)
+
+
+def test_a_pick_not_distinguishable_from_the_plain_backbone_yields_to_it(tmp_path):
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.80, 0.80, 0.80], 2: [0.83, 0.79, 0.80]})
+    choice = choose(df, ["accuracy", "gflops"], "max-accuracy")
+    assert choice.best["reference"] == "baseline" and choice.rule_pick["trial_id"] == "t2"
+    assert "not distinguishable from the plain backbone (+0.67 ± " in choice.note
+    # without replicates nothing is distinguishable: the plain backbone again, and the note says why
+    single = _replicated({0: [0.80], 1: [0.80], 2: [0.85]})
+    choice = choose(single, ["accuracy", "gflops"], "max-accuracy")
+    assert choice.best["reference"] == "baseline" and "no replicates to measure the noise" in choice.note
+    # a rule the plain backbone does not meet is not overridden
+    assert choose(single, ["accuracy", "gflops"], "min-gflops-over:0.84").best["trial_id"] == "t2"

@@ -200,6 +200,39 @@ def test_plan_forced_reruns_interrupted_trials_first_and_counts_them_once(tmp_pa
     assert [f.reference for f in forced] == ["baseline"] and new == 1
 
 
+def test_replicates_plan_the_finalists_reruns_first_never_twice_and_stay_out_of_the_budget(tmp_path):
+    from search.replicates import SEED_STRIDE, plan_replicates, replicate_seed
+
+    archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
+             SearchSpace("resnet18").sample(1), SearchSpace("resnet18").sample(2)]
+    ledger = Ledger.open(tmp_path, OBJ)
+    launches = [_launch(i, a, ref) for i, (a, ref) in enumerate(zip(archs, ["baseline", "paper_default", "", ""],
+                                                                    strict=True))]
+    for launch, acc, g in zip(launches, [0.80, 0.79, 0.85, 0.60], [1.0, 1.2, 1.1, 1.15], strict=True):
+        ledger.launch(launch)
+        ledger.finish(_record(launch, "completed", acc=acc, gflops=g))
+    plan = plan_replicates(ledger, OBJ, 2)  # references and the front (t0000, t0002); t0003 is far below
+    assert [(r.trial_id, r.number, r.replicate_of, r.replicate) for r in plan] == [
+        ("t0000r1", 4, "t0000", 1), ("t0000r2", 5, "t0000", 2), ("t0001r1", 6, "t0001", 1),
+        ("t0001r2", 7, "t0001", 2), ("t0002r1", 8, "t0002", 1), ("t0002r2", 9, "t0002", 2)]
+    assert all(r.config == launches[int(r.replicate_of[1:])].config for r in plan)
+    assert plan_replicates(ledger, OBJ, 0) == []
+    # the first three are launched, one finishes; then a kill: the two unfinished run again first, under their ids,
+    # and nothing launched is planned twice
+    for r in plan[:3]:
+        ledger.launch(r)
+    ledger.finish({**_record(plan[0], "completed", acc=0.81), "replicate_of": "t0000"})
+    again = Ledger.open(tmp_path, OBJ)
+    assert again.trials_launched() == 4 and again.unfinished_ids() == []
+    assert again.unfinished_ids(replicates=True) == ["t0000r2", "t0001r1"]
+    replan = plan_replicates(again, OBJ, 2)
+    assert [r.trial_id for r in replan] == ["t0000r2", "t0001r1", "t0001r2", "t0002r1", "t0002r2"]
+    assert [r.number for r in replan] == [5, 6, 7, 8, 9]
+    assert again.counts() == {"completed": 4, "stopped": 0, "failed": 0}
+    assert again.counts(replicates=True) == {"completed": 1, "stopped": 0, "failed": 0}
+    assert replicate_seed(0, 0, 1) == 1 and replicate_seed(5, 2, 1) == 5 + 2 * SEED_STRIDE + 1
+
+
 # ------------------------------------------------------------------------------------------------ the searcher
 
 
@@ -406,10 +439,15 @@ def _start_until(args: list[str], out: Path, enough, capture: bool = False, time
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), *args], cwd=ROOT, stdout=pipe,
                             stderr=pipe, text=True, start_new_session=True)
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        if (out / "trials.csv").exists() and enough(_rows(out)):
-            break
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if (out / "trials.csv").exists() and enough(_rows(out)):
+                break
+    except BaseException:  # a failing check must not leave the search running
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     return proc
 
 
@@ -436,14 +474,17 @@ needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-MNIST 
 @pytest.mark.slow
 @needs_fashion
 def test_search_end_to_end(tmp_path):
-    """6 real smoke trials: files, statuses, front, study — and a failure and a retry, injected."""
+    """6 real smoke trials, then 2 replicates of each finalist: files, statuses, front of the means, intervals,
+    study — and a failure and a retry, injected."""
     out = tmp_path / "run"
     started = time.time()
     proc = _run(["--budget", "6", "--backbone", "resnet18", "--proxy", "smoke", "--out", str(out),
-                 "--max-concurrent", "1", "--retries", "1"],
+                 "--max-concurrent", "1", "--retries", "1", "--replicates", "2"],
                 env={"SCSA_SEARCH_INJECT_FAULT": "t0003@0,t0004"})  # t0003 fails once then succeeds; t0004 always
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(out)
+    everything = _rows(out)
+    rows = [r for r in everything if not r["replicate_of"]]
+    replicates = [r for r in everything if r.get("replicate_of")]
     assert [r["trial_id"] for r in rows] == [f"t{i:04d}" for i in range(6)]
     assert [r["reference"] for r in rows[:2]] == ["baseline", "paper_default"]
     assert ArchConfig.from_dict(json.loads(rows[0]["config_json"])) == ArchConfig.baseline("resnet18")
@@ -458,9 +499,33 @@ def test_search_end_to_end(tmp_path):
             assert float(r["fidelity"]) < 1.0
         if r["status"] == "completed":
             assert float(r["fidelity"]) == 1.0 and float(r["gflops"]) > 0
+    # replicates: both references and the front, 2 more seeds each (the same seeds for all), rows of their own
+    finalists = {r["replicate_of"] for r in replicates}
+    assert {r["trial_id"] for r in rows if r["reference"]} <= finalists <= {r["trial_id"] for r in rows}
+    for tid in finalists:
+        mine = sorted((r for r in replicates if r["replicate_of"] == tid), key=lambda r: r["trial_id"])
+        assert [(r["trial_id"], r["seed"], r["status"]) for r in mine] == \
+               [(f"{tid}r1", "1000", "completed"), (f"{tid}r2", "2000", "completed")]
+        assert all(r["config_json"] == next(o for o in rows if o["trial_id"] == tid)["config_json"] for r in mine)
+    means = {}
+    for r in rows:
+        if r["status"] == "completed":
+            seeds = [r] + [o for o in replicates if o["replicate_of"] == r["trial_id"]]
+            means[r["trial_id"]] = {**r, "accuracy": sum(float(o["accuracy"]) for o in seeds) / len(seeds)}
     with open(out / "pareto.csv", newline="") as fh:
-        front = {r["trial_id"] for r in csv.DictReader(fh)}
-    assert front == _non_dominated(rows) and front
+        pareto = list(csv.DictReader(fh))
+    front = {r["trial_id"] for r in pareto}
+    assert front == _non_dominated(list(means.values())) and front  # the front of the means
+    for r in pareto:
+        assert float(r["accuracy"]) == pytest.approx(means[r["trial_id"]]["accuracy"]) and r["seeds"] == "3"
+        assert float(r["accuracy_ci95"]) >= 0
+    md = (out / "best_config.md").read_text()
+    assert "Seed noise: the pooled within-config standard deviation of accuracy is" in md
+    assert "(paired over 3 seed(s), 95 % interval): **" in md and " (3 seeds) |" in md
+    assert "seed noise of accuracy: sd " in proc.stdout and "replicate run(s) of the finalists" in proc.stdout
+    noise = json.loads((out / "search.json").read_text())["noise"]
+    assert noise["objective"] == "accuracy" and noise["sd"] >= 0 and noise["dof"] == 2 * len(finalists)
+    assert f"sd {noise['sd']:.4g} (pooled within configs, {noise['dof']} degrees of freedom)" in proc.stdout
     for name in ("pareto.png", "best_config.json", "study.db", "search.json", "trials.parquet"):
         assert (out / name).stat().st_size > 0, name
     best = ArchConfig.from_dict(json.loads((out / "best_config.json").read_text()))
@@ -476,8 +541,10 @@ def test_search_end_to_end(tmp_path):
 @pytest.mark.slow
 @needs_fashion
 def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
+    """kill -9 while the budget's trials run, resume; kill -9 again while the replicates run, resume again."""
     out = tmp_path / "run"
-    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1"]
+    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1",
+            "--replicates", "3"]
     # A budget far above the kill point, so the search is still running when it is killed, whichever trials the
     # CPU's kernels let complete or the scheduler stops; the two references are never stopped, so they complete.
     proc = _start_until(["--budget", "200", *args], out, lambda rows: len(rows) >= 3)
@@ -489,17 +556,31 @@ def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
     launched = len((out / "launched.jsonl").read_text().splitlines())
     budget = max(8, launched + 2)  # the resume both re-runs what the kill interrupted and launches new trials
 
-    resumed = _run(["--resume", "--budget", str(budget), *args])
+    # the first resume finishes the budget's trials and is killed among the replicates (3 seeds of >= 3 finalists)
+    proc = _start_until(["--resume", "--budget", str(budget), *args], out,
+                        lambda rows: any(r.get("replicate_of") for r in rows))
+    assert proc.poll() is None, "the resumed search ended before it could be killed among its replicates"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    among = _rows(out)
+    resumed = _run(["--resume", *args])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = _rows(out)
+    everything = _rows(out)
+    after = [r for r in everything if not r.get("replicate_of")]
+    replicates = [r for r in everything if r.get("replicate_of")]
     assert len(after) == budget
     assert [r["trial_id"] for r in after] == [f"t{i:04d}" for i in range(budget)]
     assert sorted(int(r["number"]) for r in after) == list(range(budget))
     assert len({r["config_json"] for r in after}) == budget
-    kept = {r["trial_id"]: r for r in after}
-    for r in before:  # nothing recorded before the kill was lost or re-run
+    kept = {r["trial_id"]: r for r in everything}
+    for r in before + among:  # nothing recorded before either kill was lost or re-run
         assert {k: kept[r["trial_id"]][k] for k in ("status", "accuracy", "time_s", "config_json")} == \
                {k: r[k] for k in ("status", "accuracy", "time_s", "config_json")}
+    # every finalist has replicates 1..3, each exactly once, whatever the kill interrupted
+    ids = [r["trial_id"] for r in replicates]
+    assert len(ids) == len(set(ids)) and len({r["replicate_of"] for r in replicates}) >= 3
+    for tid in {r["replicate_of"] for r in replicates}:
+        assert sorted(i for i in ids if i.startswith(tid + "r")) == [f"{tid}r{k}" for k in (1, 2, 3)]
     study = optuna.load_study(study_name="scsa-search", storage=f"sqlite:///{out / 'study.db'}")
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
     completed_ids = [t.user_attrs["trial_id"] for t in study.trials
@@ -509,7 +590,7 @@ def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
     refused = _run(["--budget", str(budget), *args])
     assert refused.returncode == 2 and "--resume" in refused.stderr
     again = _run(["--resume", *args])
-    assert again.returncode == 0 and len(_rows(out)) == budget
+    assert again.returncode == 0 and _rows(out) == everything
 
 
 @pytest.mark.slow
@@ -517,7 +598,8 @@ def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
 def test_ctrl_c_ends_cleanly_says_how_to_resume_and_resume_completes(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while a trial runs."""
     out = tmp_path / "run"
-    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1"]
+    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1",
+            "--replicates", "0"]
     # budget far above the interrupt point: the search cannot have ended before the signal
     proc = _start_until(["--budget", "200", *args], out, lambda rows: len(rows) >= 2, capture=True)
     try:

@@ -17,7 +17,7 @@ def test_thirty_trials_with_twenty_percent_failures(tmp_path):
     out = tmp_path / "run"
     failing = sorted(random.Random(2026).sample([f"t{i:04d}" for i in range(30)], 6))
     proc = _run(["--budget", "30", "--backbone", "resnet18", "--proxy", "smoke", "--out", str(out),
-                 "--max-concurrent", "2", "--no-early-stopping"],
+                 "--max-concurrent", "2", "--no-early-stopping", "--replicates", "0"],
                 env={"SCSA_SEARCH_INJECT_FAULT": ",".join(failing)}, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(out)
@@ -41,7 +41,7 @@ def test_worker_death_and_out_of_memory_are_recorded_and_the_search_goes_on(tmp_
     out = tmp_path / "run"
     faults = "t0002:kill,t0003:oom,t0004@0:kill"
     proc = _run(["--budget", "6", "--backbone", "resnet18", "--proxy", "smoke", "--out", str(out),
-                 "--max-concurrent", "1", "--retries", "1", "--no-early-stopping"],
+                 "--max-concurrent", "1", "--retries", "1", "--no-early-stopping", "--replicates", "0"],
                 env={"SCSA_SEARCH_INJECT_FAULT": faults}, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["trial_id"]: r for r in _rows(out)}

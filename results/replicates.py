@@ -1,0 +1,121 @@
+"""Replicates: further seeds of a config, rows of their own in ``trials.csv``, and what they make of the results.
+
+A search trains each config once (the sampler's trials); the finalists are then trained again with further seeds
+(see ``search/replicates.py``). A replicate row names the trial it repeats in :data:`REPLICATE_OF`; every finalist
+is replicated with the same seeds, so two configs can be compared seed by seed (paired). This module turns the
+raw rows into one row per config (:func:`config_means`: the objectives are means over the config's completed
+seeds, with the seed count and a 95 % interval of the first objective), estimates the proxy's seed noise
+(:func:`noise_estimate`), compares two configs (:func:`paired_gain`), and picks the finalists worth replicating
+(:func:`finalists`). Fronts, hypervolumes, plots and the export read the per-config frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from results.noise import Interval, interval, paired_difference, pooled_sd
+from results.pareto import OBJECTIVE_DIRECTIONS, pareto_front
+
+__all__ = ["REPLICATE_OF", "SEEDS", "config_means", "finalists", "interval_column", "noise_estimate",
+           "paired_gain", "seed_table"]
+
+#: Column of a replicate row: the trial id of the config's first trial ("" on the first trial itself).
+REPLICATE_OF = "replicate_of"
+#: Column of the per-config frame: completed seeds behind the means.
+SEEDS = "seeds"
+
+
+def interval_column(objective: str) -> str:
+    """The per-config frame's column holding the 95 % half-width of ``objective``'s mean."""
+    return f"{objective}_ci95"
+
+
+def _config_of(df: pd.DataFrame) -> pd.Series:
+    """Per row, the trial id of its config's first trial."""
+    if REPLICATE_OF not in df.columns:
+        return df["trial_id"].astype(str)
+    of = df[REPLICATE_OF].astype("string").fillna("").astype(str)
+    return of.where(of != "", df["trial_id"].astype(str))
+
+
+def _completed_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    rows = df[df["status"] == "completed"].copy()
+    rows["_config"] = _config_of(rows)
+    return rows
+
+
+def seed_table(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Completed values of ``column``: one row per config (its first trial's id), one column per seed."""
+    rows = _completed_seeds(df)
+    if rows.empty or column not in rows.columns:
+        return pd.DataFrame()
+    rows["_seed"] = pd.to_numeric(rows["seed"], errors="coerce") if "seed" in rows.columns else 0
+    values = pd.to_numeric(rows[column], errors="coerce")
+    return rows.assign(_value=values).pivot_table(index="_config", columns="_seed", values="_value", aggfunc="mean")
+
+
+def config_means(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """One row per config: its first trial's row, with each objective replaced by the mean over the config's
+    completed seeds, :data:`SEEDS` (how many), and the 95 % half-width of the first objective's mean
+    (:func:`interval_column`; NaN below 2 seeds). Replicate rows themselves are dropped; a frame without any is
+    returned with just the two columns added."""
+    first = df[_config_of(df) == df["trial_id"].astype(str)].copy()
+    rows = _completed_seeds(df)
+    quality = objectives[0]
+    seeds = rows.groupby("_config").size()
+    ids = first["trial_id"].astype(str)
+    for objective in objectives:
+        if objective in rows.columns:
+            means = pd.to_numeric(rows[objective], errors="coerce").groupby(rows["_config"]).mean()
+            done = first["status"] == "completed"
+            first.loc[done, objective] = ids[done].map(means).astype(float)
+    halves = {c: interval(g).half for c, g in pd.to_numeric(rows[quality], errors="coerce").groupby(rows["_config"])}
+    first[SEEDS] = ids.map(seeds).fillna(0).astype(int)
+    first[interval_column(quality)] = ids.map(halves).astype(float)
+    return first
+
+
+def noise_estimate(df: pd.DataFrame, column: str) -> tuple[float, int]:
+    """The pooled within-config standard deviation of ``column`` over configs with 2 or more completed seeds, and
+    its degrees of freedom (NaN, 0 without replicates)."""
+    rows = _completed_seeds(df)
+    if rows.empty:
+        return math.nan, 0
+    values = pd.to_numeric(rows[column], errors="coerce")
+    return pooled_sd(list(g) for _, g in values.groupby(rows["_config"]))
+
+
+def paired_gain(df: pd.DataFrame, trial: str, other: str, column: str) -> Interval:
+    """Mean of ``column`` of config ``trial`` minus that of config ``other`` over the seeds both completed, with
+    its 95 % interval (both named by their first trial's id)."""
+    table = seed_table(df, column)
+    if trial not in table.index or other not in table.index:
+        return Interval(math.nan, math.nan, 0)
+    both = table.loc[[trial, other]].dropna(axis=1)
+    return paired_difference(list(both.loc[trial]), list(both.loc[other]))
+
+
+def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float) -> list[str]:
+    """Configs (first trial ids) worth replicating: the references, the front of the means, and every completed
+    config whose first objective is within ``band`` of the front at no more cost (``band``: an absolute
+    difference in that objective's units, e.g. 2.8 seed sd for the difference of two single draws)."""
+    quality, costs = objectives[0], list(objectives[1:])
+    done = means[means["status"] == "completed"]
+    picked = list(done.loc[done["reference"].astype(str) != "", "trial_id"].astype(str))
+    front = pareto_front(done, objectives)
+    picked += list(front["trial_id"].astype(str))
+    if band > 0 and math.isfinite(band) and len(front):
+        sign = 1.0 if OBJECTIVE_DIRECTIONS.get(quality, "maximize") == "maximize" else -1.0
+        q_front = sign * front[quality].to_numpy(dtype=float)
+        c_front = front[costs].to_numpy(dtype=float)
+        for _, row in done.iterrows():
+            cheaper = np.all(c_front <= row[costs].to_numpy(dtype=float), axis=1)
+            # the best the front reaches at no more cost; nothing on the front that cheap: it is within the band
+            best = q_front[cheaper].max() if cheaper.any() else -math.inf
+            if sign * float(row[quality]) >= best - band:
+                picked.append(str(row["trial_id"]))
+    return list(dict.fromkeys(picked))

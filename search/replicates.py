@@ -1,0 +1,126 @@
+"""The replicate phase: once the budget's trials are done, train the finalists again with further seeds.
+
+One proxy trial is one draw: its score moves between seeds by about as much as configs differ. So when the
+sampler's trials are done, the *finalists* (both references, the front, and every config within the noise band of
+the front; see :func:`results.replicates.finalists`) are trained ``--replicates K`` more times, at the top
+fidelity, with the same seeds for every finalist (replicate k trains with ``seed + k * SEED_STRIDE``), so that two
+finalists can be compared seed by seed. Rounds repeat until the set of finalists stops growing: the first round
+(references and front) gives the noise estimate that defines the band for the next.
+
+Replicates are trials like any other for Ray (the same trainable, no early stopping) and for the ledger (launched
+in ``launched.jsonl`` before Ray sees them, one row each in ``trials.csv`` naming the trial they repeat in
+``replicate_of``), but not for Optuna (the sampler has moved on; the study keeps one trial per config) and not for
+the budget. A replicate interrupted by Ctrl-C or a kill runs again on ``--resume``, under the same id; a finished
+one is never run again.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ray.tune.search import Searcher
+
+from results.frame import trials_frame
+from results.replicates import config_means, finalists, noise_estimate
+
+from .ledger import Launch, Ledger
+
+__all__ = ["NOISE_BAND_SD", "SEED_STRIDE", "ReplicateSearch", "plan_replicates", "replicate_seed"]
+
+#: Replicate k trains with seed ``seed + k * SEED_STRIDE``: far from the retries' ``seed + attempt``.
+SEED_STRIDE = 1000
+#: The noise band of the front, in pooled seed standard deviations of the first objective.
+NOISE_BAND_SD = 2.0
+
+
+def replicate_seed(seed: int, replicate: int, attempt: int = 0) -> int:
+    """The training seed of replicate ``replicate`` (0: the trial itself) on retry ``attempt``."""
+    return seed + replicate * SEED_STRIDE + attempt
+
+
+def plan_replicates(ledger: Ledger, objectives: list[str], k: int) -> list[Launch]:
+    """Replicates still to run: interrupted ones first (same ids), then those of finalists not yet replicated."""
+    reruns = [ledger.launches[t] for t in ledger.unfinished_ids(replicates=True)]
+    if k <= 0:
+        return reruns
+    df = trials_frame(ledger.ordered_records())
+    sd, _ = noise_estimate(df, objectives[0])
+    band = NOISE_BAND_SD * sd if math.isfinite(sd) else 0.0
+    new = []
+    number = ledger.next_number()
+    for trial_id in finalists(config_means(df, objectives), objectives, band):
+        have = ledger.replicates_of(trial_id)
+        first = ledger.launches[trial_id]
+        for r in range(1, k + 1):
+            if r not in have:
+                new.append(Launch(number=number, trial_id=f"{trial_id}r{r}", config=first.config,
+                                  reference=first.reference, replicate_of=trial_id, replicate=r))
+                number += 1
+    return reruns + new
+
+
+class ReplicateSearch(Searcher):
+    """Hands Ray a fixed list of replicate launches, journaling each before Ray sees it, and records each result."""
+
+    def __init__(self, ledger: Ledger, launches: list[Launch], objectives: list[str], modes: list[str]) -> None:
+        super().__init__(metric=objectives[0], mode=modes[0])
+        self._ledger = ledger
+        self._queue = list(launches)
+        self._launch_of: dict[str, Launch] = {}
+        self._done: set[str] = set()
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    @property
+    def launched(self) -> dict[str, Launch]:
+        """Ray trial id -> launch, for the replicates of this round."""
+        return self._launch_of
+
+    def finished(self, ray_trial_id: str) -> bool:
+        return ray_trial_id in self._done
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self._queue:
+            return Searcher.FINISHED
+        launch = self._queue.pop(0)
+        if launch.trial_id not in self._ledger.launches:
+            self._ledger.launch(launch)
+        self._launch_of[trial_id] = launch
+        return {"arch": launch.config, "trial_key": launch.trial_id, "number": launch.number,
+                "reference": launch.reference, "replicate": launch.replicate}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from .optuna_search import build_record, status_of
+
+        if trial_id in self._done or trial_id not in self._launch_of:
+            return
+        self._done.add(trial_id)
+        if error:
+            return  # the progress callback records it, with the reason (record_failure)
+        status, why = status_of(result, [self.metric])
+        self._ledger.finish(build_record(self._launch_of[trial_id], result, status, why))
+
+    def mark_interrupted(self, trial_id: str) -> None:
+        """Cut off by Ctrl-C: nothing to tell anyone; its launch has no record, so ``--resume`` runs it again."""
+
+    def record_failure(self, trial_id: str, result: dict | None, reason: str) -> None:
+        from .optuna_search import build_record
+
+        launch = self._launch_of.get(trial_id)
+        if launch is not None:
+            self._ledger.finish(build_record(launch, result, "failed", reason))
+
+    def finish_unreported(self, trial_id: str, result: dict | None, status: str, error: str = "") -> None:
+        """Close a replicate the time budget ended: recorded with what it reached (never part of a mean)."""
+        from .optuna_search import build_record
+
+        self._done.add(trial_id)
+        self._ledger.finish(build_record(self._launch_of[trial_id], result, status, error))
+
+    def save(self, checkpoint_path: str) -> None:  # the ledger is the state
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("resume with `run_search.py --resume --out DIR`")
