@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="trials to launch, references included")
     what.add_argument("--space", metavar="FILE", help="YAML/JSON file narrowing or widening the search space")
     what.add_argument("--objectives", metavar="LIST",
-                      help="comma-separated: accuracy + costs from gflops, params, latency (default accuracy,gflops)")
+                      help="comma-separated: one proxy score (score = the preset's own; or accuracy, val_loss, loss, "
+                           "tse, tse_ema) + costs from gflops, params, latency (default score,gflops)")
     what.add_argument("--show-space", action="store_true", help="print the search space and exit")
     data = ap.add_argument_group("proxy training")
     data.add_argument("--dataset", choices=("fashion-mnist", "cifar10", "cifar100", "imagefolder"),
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist",
     "proxy": "default",
-    "objectives": "accuracy,gflops",
+    "objectives": "score,gflops",
     "sampler": "nsga2",
     "seed": 0,
     "early_stopping": True,
@@ -232,8 +233,15 @@ def validate(args: argparse.Namespace):
     # -- the rest of the settings --------------------------------------------------------------------------------
     if values.get("budget") is None:
         raise UsageError("--budget N is required: the number of trials to launch (e.g. --budget 200)")
+    from evaluators.proxy import fidelity
+
     try:
-        objectives = objective_columns(values["objectives"])
+        fid = fidelity(values["proxy"])
+    except ValueError as e:
+        raise UsageError(f"--proxy: {e}") from None
+    fid_settings = {k: v for k, v in fid.to_dict().items() if k != "threads"}  # threads are per trial, not per search
+    try:
+        objectives = objective_columns(values["objectives"], fid.score)
     except ValueError as e:
         raise UsageError(str(e)) from None
     from search.samplers import check_sampler
@@ -250,14 +258,6 @@ def validate(args: argparse.Namespace):
         raise UsageError(f"--select: {e}") from None
     if values["reduction_factor"] < 2:
         raise UsageError(f"--reduction-factor must be an integer >= 2, got {values['reduction_factor']}")
-
-    from evaluators.proxy import fidelity
-
-    try:
-        fid = fidelity(values["proxy"])
-    except ValueError as e:
-        raise UsageError(f"--proxy: {e}") from None
-    fid_settings = {k: v for k, v in fid.to_dict().items() if k != "threads"}  # threads are per trial, not per search
 
     data_dir = values.get("data_dir")
     if data_dir is not None:
@@ -436,8 +436,8 @@ def _print_outcome(outcome, settings) -> None:
     print(f"  {'study.db':<18} {out / 'study.db'}  (optuna-dashboard sqlite:///{out / 'study.db'})")
     best = outcome.best
     if best is not None:
-        seeds = int(best.get("seeds", 1) or 1)
-        print(f"chosen by {settings.select}: {best['trial_id']} accuracy {float(best['accuracy']):.4f}"
+        seeds, score = int(best.get("seeds", 1) or 1), settings.objectives[0]
+        print(f"chosen by {settings.select}: {best['trial_id']} {score} {float(best[score]):.4f}"
               + (f" (mean of {seeds} seeds)" if seeds > 1 else "") + f", {float(best['gflops']):.3f} GFLOPs")
         if outcome.note:
             print(f"  {outcome.note}")

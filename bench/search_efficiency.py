@@ -73,7 +73,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
         shutil.rmtree(run_dir)
     cmd = [sys.executable, str(ROOT / "run_search.py"), "--backbone", args.backbone, "--proxy", args.proxy,
            "--budget", str(args.budget), "--seed", str(seed), "--max-concurrent", str(args.max_concurrent),
-           "--out", str(run_dir), *VARIANTS[variant]]
+           "--out", str(run_dir), "--objectives", ",".join(OBJECTIVES), "--replicates", "0", *VARIANTS[variant]]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from results.noise import Interval, verdict
-from results.pareto import OBJECTIVE_DIRECTIONS, parse_select_rule, select_best
+from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, parse_select_rule, select_best
 from results.replicates import config_means, paired_gain
 
-__all__ = ["REFERENCES", "Choice", "choose", "format_gain"]
-
-#: reference name -> how results name it
-REFERENCES = {"baseline": "plain backbone", "paper_default": "paper default"}
+__all__ = ["Choice", "choose", "format_gain"]
 
 
 @dataclass
@@ -54,7 +51,7 @@ def gains(df: pd.DataFrame, means: pd.DataFrame, row: pd.Series, objective: str)
     """Paired gain of ``row``'s config over each completed reference in ``objective``, with its verdict."""
     direction = OBJECTIVE_DIRECTIONS.get(objective, "maximize")
     out = {}
-    for name in REFERENCES:
+    for name in REFERENCE_LABELS:
         ref = _reference_id(means, name)
         if ref is None:
             continue

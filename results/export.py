@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.choice import REFERENCES, Choice, format_gain
+from results.choice import Choice, format_gain
 from results.io import atomic_write_text
+from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
 from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estimate
 from space import ArchConfig
 from space.backbones import family
@@ -199,7 +200,7 @@ def best_config_markdown(
     lines += [
         f"Trial {best['trial_id']} of {trials} trials ({int((means['status'] == 'completed').sum())} completed), "
         f"plus {replicates} replicate run(s) of the finalists. Objectives: {', '.join(objectives)}. "
-        f"{quality.capitalize()} is the proxy's validation {quality} on {dataset}; GFLOPs are counted at "
+        f"`{quality}` is the {OBJECTIVE_LABELS.get(quality, quality)} on {dataset}; GFLOPs are counted at "
         f"{resolution} px (one multiply-add = one FLOP).",
         "",
         (f"Seed noise: the pooled within-config standard deviation of {quality} is {_fmt(scale * sd, '.3g')} "
@@ -211,7 +212,7 @@ def best_config_markdown(
         "|---|---:|---:|---:|---:|",
     ]
     rows = [("**chosen**", best)]
-    for name, label in (("baseline", "plain backbone"), ("paper_default", "paper default (SCSA everywhere)")):
+    for name, label in REFERENCE_LABELS.items():
         ref = means[means["reference"] == name]
         rows.append((label, ref.iloc[0] if len(ref) else None))
     for label, row in rows:
@@ -226,7 +227,7 @@ def best_config_markdown(
             continue
         ref = means[means["reference"] == name].iloc[0]
         verdict_text = "not distinguishable at this fidelity" if word == "not distinguishable" else word
-        lines += ["", f"Against the {REFERENCES[name]}: {format_gain(diff, quality)} (paired over "
+        lines += ["", f"Against the {REFERENCE_LABELS[name]}: {format_gain(diff, quality)} (paired over "
                       f"{diff.n} seed(s), 95 % interval): **{verdict_text}**; for "
                       f"{_fmt(best['gflops'] - ref['gflops'], '+.4f')} GFLOPs."]
     lines += [

@@ -51,6 +51,8 @@ except ImportError:  # pragma: no cover - depends on the installed Optuna
 __all__ = [
     "DEFAULT_OBJECTIVES",
     "OBJECTIVE_DIRECTIONS",
+    "OBJECTIVE_LABELS",
+    "REFERENCE_LABELS",
     "REFERENCE_MARGIN",
     "SELECT_RULES",
     "hypervolume",
@@ -75,10 +77,23 @@ OBJECTIVE_DIRECTIONS: dict[str, str] = {
     "params": "minimize",
     "latency_ms": "minimize",
 }
+#: What each objective is, for axes and reports (a proxy score is named for what it measures).
+OBJECTIVE_LABELS: dict[str, str] = {
+    "accuracy": "proxy validation accuracy",
+    "val_loss": "proxy validation loss (cross-entropy)",
+    "loss": "proxy training loss (last epoch)",
+    "tse": "proxy training-speed estimate (summed training losses)",
+    "tse_ema": "proxy training-speed estimate (TSE-EMA)",
+    "gflops": "GFLOPs",
+    "params": "parameters",
+    "latency_ms": "latency (ms)",
+}
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("accuracy", "gflops")
 # Reference rows whose cost bounds the hypervolume box: both are fixed for a backbone, so the box is the same in
 # every run on that backbone and hypervolumes can be compared across runs.
 REFERENCE_ROWS: tuple[str, ...] = ("baseline", "paper_default")
+#: How results name the two reference configs.
+REFERENCE_LABELS: dict[str, str] = {"baseline": "plain backbone", "paper_default": "paper default (SCSA everywhere)"}
 REFERENCE_MARGIN = 1.1
 SELECT_RULES: tuple[str, ...] = ("knee", "max-accuracy", "max-accuracy-under", "min-gflops-over")
 _SELECT_RULE_FORMS = (

@@ -30,14 +30,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from results.io import atomic_path
-from results.pareto import DEFAULT_OBJECTIVES, pareto_front
+from results.pareto import (
+    DEFAULT_OBJECTIVES,
+    OBJECTIVE_DIRECTIONS,
+    OBJECTIVE_LABELS,
+    REFERENCE_LABELS,
+    pareto_front,
+)
 from results.replicates import SEEDS, interval_column
 
 __all__ = ["param_importances", "plot_effects", "plot_hypervolume", "plot_pareto"]
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_LABELS = {"baseline": "plain backbone", "paper_default": "paper default (SCSA everywhere)"}
 _REFERENCE_STYLE = {
     "baseline": {"marker": "s", "color": "#222222"},
     "paper_default": {"marker": "D", "color": "#c0392b"},
@@ -92,6 +97,14 @@ def _resolve_best(df: pd.DataFrame, best: pd.Series | Hashable | None) -> pd.Ser
 # ------------------------------------------------------------------------------------------------------ front
 
 
+def _quality_scale(objective: str) -> tuple[float, str]:
+    """How the first objective is drawn: accuracy in %, any other score as it is (and which way is better)."""
+    if objective == "accuracy":
+        return 100.0, "proxy validation accuracy (%)"
+    better = "higher" if OBJECTIVE_DIRECTIONS.get(objective) == "maximize" else "lower"
+    return 1.0, f"{OBJECTIVE_LABELS.get(objective, objective)}, {better} is better"
+
+
 def plot_pareto(
     df: pd.DataFrame,
     path: str | os.PathLike[str],
@@ -102,103 +115,77 @@ def plot_pareto(
     best_label: str = "chosen",
     title: str | None = None,
 ) -> Path:
-    """Accuracy (%) against GFLOPs at ``resolution`` px for every trial, with the front and the references marked.
+    """The first objective (the proxy score; accuracy in %) against GFLOPs at ``resolution`` px for every config,
+    with the front, the references and the finalists' intervals marked.
 
-    Completed trials are filled dots; trials stopped early are faint hollow dots (their accuracy is from a lower
-    fidelity, so they are shown but never on the front). The accuracy/GFLOPs front of completed trials is drawn as a
-    step line (best accuracy reachable at each GFLOPs budget); with more than two ``objectives`` the trials on the
-    full multi-objective front are ringed as well. The rows with ``reference`` ``"baseline"`` and
-    ``"paper_default"`` get their own markers and labels, and ``best`` (a row from
-    :func:`results.pareto.select_best`, or an index label of ``df``) a star. Returns the path written.
+    Completed configs are filled dots (means over their seeds, with 95 % interval bars where replicates exist);
+    trials stopped early are faint hollow dots (their score is from a lower fidelity, so they are shown but never on
+    the front). The score/GFLOPs front of completed configs is drawn as a step line (best score reachable at each
+    GFLOPs budget); with more than two ``objectives`` the configs on the full multi-objective front are ringed as
+    well. The rows with ``reference`` ``"baseline"`` and ``"paper_default"`` get their own markers and labels, and
+    ``best`` (a row from :func:`results.pareto.select_best`, or an index label of ``df``) a star. A second GFLOPs
+    scale on top reads in % over the plain backbone. Returns the path written.
     """
+    y = objectives[0]
+    scale, ylabel = _quality_scale(y)
     status = _status(df)
-    completed = _finite_xy(df[status == "completed"], "gflops", "accuracy")
-    stopped = _finite_xy(df[status == "stopped"], "gflops", "accuracy")
+    completed = _finite_xy(df[status == "completed"], "gflops", y)
+    stopped = _finite_xy(df[status == "stopped"], "gflops", y)
     n_failed = int((status == "failed").sum())
 
     fig = _new_figure(8.0, 5.6)
     ax = fig.add_subplot()
     if len(stopped):
-        ax.scatter(
-            stopped["gflops"],
-            100 * stopped["accuracy"],
-            s=28,
-            facecolors="none",
-            edgecolors="#999999",
-            alpha=0.6,
-            linewidths=0.9,
-            label=f"stopped early ({len(stopped)})",
-            zorder=2,
-        )
+        ax.scatter(stopped["gflops"], scale * stopped[y], s=28, facecolors="none", edgecolors="#999999", alpha=0.6,
+                   linewidths=0.9, label=f"stopped early ({len(stopped)})", zorder=2)
     if len(completed):
-        ax.scatter(
-            completed["gflops"],
-            100 * completed["accuracy"],
-            s=30,
-            color="#4c72b0",
-            alpha=0.55,
-            linewidths=0,
-            label=f"completed ({len(completed)})",
-            zorder=3,
-        )
-        front = pareto_front(completed, ["accuracy", "gflops"])
-        # "post" steps: at a GFLOPs budget between two front points the best reachable accuracy is the left one's.
-        ax.step(
-            front["gflops"],
-            100 * front["accuracy"],
-            where="post",
-            color="#dd8452",
-            linewidth=1.8,
-            zorder=4,
-            label=f"front: accuracy vs GFLOPs ({len(front)})",
-        )
-        ax.scatter(front["gflops"], 100 * front["accuracy"], s=34, color="#dd8452", zorder=5)
+        ax.scatter(completed["gflops"], scale * completed[y], s=30, color="#4c72b0", alpha=0.55, linewidths=0,
+                   label=f"completed ({len(completed)})", zorder=3)
+        front = pareto_front(completed, [y, "gflops"])
+        # "post" steps: at a GFLOPs budget between two front points the best reachable score is the left one's.
+        ax.step(front["gflops"], scale * front[y], where="post", color="#dd8452", linewidth=1.8, zorder=4,
+                label=f"front: {y} vs GFLOPs ({len(front)})")
+        ax.scatter(front["gflops"], scale * front[y], s=34, color="#dd8452", zorder=5)
         if len(objectives) > 2:
             full = pareto_front(completed, objectives)
-            ax.scatter(
-                full["gflops"],
-                100 * full["accuracy"],
-                s=110,
-                facecolors="none",
-                edgecolors="#55a868",
-                linewidths=1.3,
-                zorder=5,
-                label=f"non-dominated in {', '.join(objectives)} ({len(full)})",
-            )
+            ax.scatter(full["gflops"], scale * full[y], s=110, facecolors="none", edgecolors="#55a868",
+                       linewidths=1.3, zorder=5, label=f"non-dominated in {', '.join(objectives)} ({len(full)})")
 
-    _interval_bars(ax, completed, objectives[0])
+    _interval_bars(ax, completed, y, scale)
     _percent_axis(ax, df)
-    labels = _mark_references(ax, df)
+    labels = _mark_references(ax, df, y, scale)
     chosen = _resolve_best(df, best)
     if chosen is not None and np.isfinite(float(chosen.get("gflops", np.nan))):
-        gx, ay = float(chosen["gflops"]), 100 * float(chosen["accuracy"])
+        gx, ay = float(chosen["gflops"]), scale * float(chosen[y])
+        value = f"{ay:.2f}%" if y == "accuracy" else f"{y} {ay:.4g}"
         ax.scatter([gx], [ay], s=320, marker="*", color="#f1c40f", edgecolors="black", linewidths=0.8, zorder=7,
-                   label=f"{best_label}: {ay:.2f}% at {gx:.3g} GFLOPs")  # fmt: skip
+                   label=f"{best_label}: {value} at {gx:.3g} GFLOPs")
         # First in the list, so the chosen row gets the best label spot.
         labels.insert(0, (gx, ay, best_label, "#7d6608"))
 
     counts = f"{len(df)} configs: {len(completed)} completed, {len(stopped)} stopped, {n_failed} failed"
-    ax.set_title(title or f"{_backbone(df)}: proxy accuracy vs GFLOPs\n{counts}", fontsize=11)
+    ax.set_title(title or f"{_backbone(df)}: {OBJECTIVE_LABELS.get(y, y)} vs GFLOPs\n{counts}", fontsize=11)
     ax.set_xlabel(f"GFLOPs ({resolution} px)")
-    ax.set_ylabel("proxy accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.1)
     _place_labels(ax, labels)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9, markerscale=0.8)
+        corner = "lower right" if OBJECTIVE_DIRECTIONS.get(y) == "maximize" else "upper right"
+        ax.legend(loc=corner, fontsize=8, framealpha=0.9, markerscale=0.8)
     return _save(fig, path)
 
 
-def _interval_bars(ax: Axes, completed: pd.DataFrame, objective: str) -> None:
+def _interval_bars(ax: Axes, completed: pd.DataFrame, objective: str, scale: float) -> None:
     """95 % interval bars on the configs trained with several seeds (the finalists; see results.replicates)."""
     column = interval_column(objective)
-    if objective != "accuracy" or column not in completed.columns:
+    if column not in completed.columns:
         return
     rows = completed[pd.to_numeric(completed[column], errors="coerce").notna()]
     if rows.empty:
         return
     seeds = int(rows[SEEDS].max()) if SEEDS in rows.columns else 0
-    ax.errorbar(rows["gflops"], 100 * rows["accuracy"], yerr=100 * rows[column].astype(float), fmt="none",
+    ax.errorbar(rows["gflops"], scale * rows[objective], yerr=scale * rows[column].astype(float), fmt="none",
                 ecolor="#333333", elinewidth=1.0, capsize=3, zorder=4,
                 label=f"finalists: mean of up to {seeds} seeds, 95 % interval ({len(rows)})")
 
@@ -260,12 +247,13 @@ def _place_labels(ax: Axes, labels: list[tuple[float, float, str, str]]) -> None
             break
 
 
-def _mark_references(ax: Axes, df: pd.DataFrame) -> list[tuple[float, float, str, str]]:
+def _mark_references(ax: Axes, df: pd.DataFrame, y: str = "accuracy",
+                     scale: float = 100.0) -> list[tuple[float, float, str, str]]:
     """Plot the baseline and paper-default rows; return their labels for :func:`_place_labels`."""
     labels: list[tuple[float, float, str, str]] = []
     if "reference" not in df.columns:
         return labels
-    refs = _finite_xy(df, "gflops", "accuracy")
+    refs = _finite_xy(df, "gflops", y)
     kinds = refs["reference"].astype("string").fillna("")
     for kind, label in REFERENCE_LABELS.items():
         rows = refs[kinds == kind]
@@ -274,10 +262,10 @@ def _mark_references(ax: Axes, df: pd.DataFrame) -> list[tuple[float, float, str
         style = _REFERENCE_STYLE[kind]
         status = _status(rows)
         suffix = "" if (status == "completed").all() else " (not completed)"
-        ax.scatter(rows["gflops"], 100 * rows["accuracy"], s=70, marker=style["marker"], color=style["color"],
+        ax.scatter(rows["gflops"], scale * rows[y], s=70, marker=style["marker"], color=style["color"],
                    edgecolors="white", linewidths=0.8, zorder=6, label=label + suffix)  # fmt: skip
         row = rows.iloc[0]
-        labels.append((float(row["gflops"]), 100 * float(row["accuracy"]), label, style["color"]))
+        labels.append((float(row["gflops"]), scale * float(row[y]), label, style["color"]))
     return labels
 
 

@@ -59,17 +59,19 @@ def seed_table(df: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def config_means(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
-    """One row per config: its first trial's row, with each objective replaced by the mean over the config's
-    completed seeds, :data:`SEEDS` (how many), and the 95 % half-width of the first objective's mean
-    (:func:`interval_column`; NaN below 2 seeds). Replicate rows themselves are dropped; a frame without any is
-    returned with just the two columns added."""
+    """One row per config: its first trial's row, with each objective (and every other proxy score and cost the
+    frame holds) replaced by the mean over the config's completed seeds, :data:`SEEDS` (how many), and the 95 %
+    half-width of the first objective's mean (:func:`interval_column`; NaN below 2 seeds). Replicate rows
+    themselves are dropped; a frame without any is returned with just the two columns added."""
     first = df[_config_of(df) == df["trial_id"].astype(str)].copy()
     rows = _completed_seeds(df)
     quality = objectives[0]
     seeds = rows.groupby("_config").size()
     ids = first["trial_id"].astype(str)
-    for objective in objectives:
-        if objective in rows.columns:
+    for objective in dict.fromkeys([*objectives, *OBJECTIVE_DIRECTIONS]):
+        # integer columns (params) are the same for every seed of a config; a column with no number has no mean
+        column = first[objective] if objective in first.columns else None
+        if column is not None and pd.api.types.is_float_dtype(column):
             means = pd.to_numeric(rows[objective], errors="coerce").groupby(rows["_config"]).mean()
             done = first["status"] == "completed"
             first.loc[done, objective] = ids[done].map(means).astype(float)

@@ -170,7 +170,7 @@ def _record_from_row(row: Mapping[str, Any]) -> dict:
             continue
         if hasattr(value, "item"):  # numpy / pandas scalars -> plain Python for JSON and Optuna
             value = value.item()
-        if key == "accuracy_curve" and isinstance(value, str) and value:
+        if key.endswith("_curve") and isinstance(value, str) and value:
             value = json.loads(value)
         record[key] = value
     return record

@@ -6,7 +6,8 @@ those values. For a trial stopped at epoch 1 of 9 that would put a low-fidelity 
 were final — the sampler would learn from it and ``study.best_trials`` (the dashboard's front) would show it.
 :class:`ParetoOptunaSearch` decides from the result itself: a trial whose last result reached the full proxy
 schedule (``epoch >= epochs``) is ``COMPLETE`` with its objective values; one that did not is ``PRUNED`` (its
-accuracy per epoch kept as the user attribute ``accuracy_curve``); an error is ``FAIL``.
+first objective per epoch kept as the user attribute ``<objective>_curve``, e.g. ``accuracy_curve``); an error is
+``FAIL``.
 
 It also does the bookkeeping that makes a search a search rather than a loop of trials:
 
@@ -41,11 +42,13 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from evaluators.scores import SCORES
 from space import ArchConfig, SearchSpace
 
 from .ledger import Launch, Ledger, trial_name
 
-__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "build_record", "reconcile_study", "status_of"]
+__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "build_record", "curve_key", "reconcile_study",
+           "status_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +65,17 @@ class Forced:
     number: int | None = None
 
 
+def curve_key(objective: str) -> str:
+    """The record key of a trial's per-epoch values of ``objective`` (what the scheduler's rungs saw)."""
+    return f"{objective}_curve"
+
+
 def build_record(
-    launch: Launch, result: dict | None, status: str, error: str = "", curve: Sequence[float] | None = None
+    launch: Launch, result: dict | None, status: str, error: str = "", curve: Sequence[float] | None = None,
+    objective: str = "accuracy",
 ) -> dict:
-    """The trials.csv record of a finished trial from its last Ray result (``None`` if it never reported)."""
+    """The trials.csv record of a finished trial from its last Ray result (``None`` if it never reported): every
+    proxy score the result carries, the costs, and ``curve`` (``objective`` per epoch)."""
     result = result or {}
     epochs = result.get("epochs")
     epoch = result.get("epoch")
@@ -74,7 +84,7 @@ def build_record(
         "number": launch.number,
         "status": status,
         "reference": launch.reference,
-        "accuracy": result.get("accuracy"),
+        **{score: result.get(score) for score in SCORES},
         "gflops": result.get("gflops"),
         "params": result.get("params"),
         "latency_ms": result.get("latency_ms"),
@@ -89,7 +99,7 @@ def build_record(
     if launch.replicate_of:
         record["replicate_of"] = launch.replicate_of
     if curve:
-        record["accuracy_curve"] = [round(float(a), 6) for a in curve]
+        record[curve_key(objective)] = [round(float(a), 6) for a in curve]
     return record
 
 
@@ -255,10 +265,11 @@ class ParetoOptunaSearch(OptunaSearch):
     # -- results ------------------------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna keeps no intermediate values for several objectives; the curve goes to the record instead.
-        if trial_id in self._curves and result.get("accuracy") is not None and result.get("epoch") is not None:
+        score = self._metric[0]
+        if trial_id in self._curves and result.get(score) is not None and result.get("epoch") is not None:
             curve = self._curves[trial_id]
             del curve[int(result["epoch"]) - 1:]  # a retried trial replays its epochs from the start
-            curve.append(float(result["accuracy"]))
+            curve.append(float(result[score]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._launch_of:
@@ -271,10 +282,10 @@ class ParetoOptunaSearch(OptunaSearch):
             # trial object; a kill in between only means the trial is run again on resume.
             self.finish_unreported(trial_id, None, "failed", tell_only=True)
             return
-        if result is not None and result.get("accuracy") is not None:
+        if result is not None and result.get(self._metric[0]) is not None:
             self.on_trial_result(trial_id, result)  # Ray does not pass the last result to on_trial_result
         status, why = status_of(result, self._metric)
-        record = build_record(launch, result, status, why, self._curves.get(trial_id))
+        record = build_record(launch, result, status, why, self._curves.get(trial_id), self._metric[0])
         self._ledger.finish(record)
         self._tell(trial_id, record)
 
@@ -285,7 +296,7 @@ class ParetoOptunaSearch(OptunaSearch):
         budget. Writes its record unless ``tell_only``; tells Optuna."""
         self._completed_trials.add(trial_id)
         launch = self._launch_of[trial_id]
-        record = build_record(launch, result, status, error, self._curves.get(trial_id))
+        record = build_record(launch, result, status, error, self._curves.get(trial_id), self._metric[0])
         if not tell_only:
             self._ledger.finish(record)
         self._tell(trial_id, record)
@@ -297,8 +308,9 @@ class ParetoOptunaSearch(OptunaSearch):
         if ot_trial is not None:
             # The curve as a user attribute, not as intermediate values: TPE reads intermediate values of PRUNED
             # trials through the single-objective `study.direction`, which raises for several objectives.
-            if record.get("accuracy_curve"):
-                ot_trial.set_user_attr("accuracy_curve", record["accuracy_curve"])
+            key = curve_key(self._metric[0])
+            if record.get(key):
+                ot_trial.set_user_attr(key, record[key])
             self._tell_like(ot_trial.number, record)
         for number in self._waiting_duplicates.pop(launch.trial_id, []):
             self._tell_like(number, record)
@@ -323,7 +335,8 @@ class ParetoOptunaSearch(OptunaSearch):
         """Write the record of a trial that failed in Ray (Ray told this searcher first, which told Optuna)."""
         launch = self._launch_of.get(trial_id)
         if launch is not None:
-            self._ledger.finish(build_record(launch, result, "failed", reason, self._curves.get(trial_id)))
+            self._ledger.finish(build_record(launch, result, "failed", reason, self._curves.get(trial_id),
+                                             self._metric[0]))
 
     @property
     def ledger(self) -> Ledger:

@@ -3,7 +3,7 @@ stop conditions (time budget, Ctrl-C).
 
 The progress line, printed when a trial finishes (and every :data:`HEARTBEAT_S` seconds in between)::
 
-    [  7/200] completed 5 · stopped 1 · failed 0 · running 1 | front 3 | best t0004 acc 0.8125 @ 0.612 GFLOPs
+    [  7/200] completed 5 · stopped 1 · failed 0 · running 1 | front 3 | best t0004 accuracy 0.8125 @ 0.612 GFLOPs
     | 0:03:12 elapsed, ETA 1:28:40
 """
 
@@ -185,7 +185,8 @@ class ProgressCallback(Callback):
             best = select_best(df, self.objectives, self.select)
         except ValueError:  # nothing completed yet, or nothing meets the --select rule yet
             return text
-        return (f"{text} | best {best['trial_id']} acc {float(best['accuracy']):.4f} "
+        score = self.objectives[0]
+        return (f"{text} | best {best['trial_id']} {score} {float(best[score]):.4f} "
                 f"@ {float(best['gflops']):.3f} GFLOPs")
 
     def report(self, force: bool = False) -> None:

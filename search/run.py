@@ -45,7 +45,7 @@ import optuna
 from space import ArchConfig, SearchSpace
 
 from .ledger import Ledger
-from .optuna_search import Forced, ParetoOptunaSearch, reconcile_study
+from .optuna_search import Forced, ParetoOptunaSearch, curve_key, reconcile_study
 from .samplers import make_sampler, session_seed
 from .settings import STUDY_DB, STUDY_NAME, SearchSettings
 
@@ -229,9 +229,10 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
             if settings.early_stopping:
                 scheduler = ParetoASHAScheduler(settings.objectives, settings.modes, settings.epochs,
                                                 settings.grace_period, settings.reduction_factor)
+                curve = curve_key(settings.objectives[0])
                 for record in ledger.records.values():
-                    if record.get("accuracy_curve") and not record.get("replicate_of"):
-                        scheduler.seed(record["trial_id"], record["accuracy_curve"],
+                    if record.get(curve) and not record.get("replicate_of"):
+                        scheduler.seed(record["trial_id"], record[curve],
                                        {k: record.get(k) for k in settings.objectives[1:]})
             else:
                 scheduler = FIFOScheduler()

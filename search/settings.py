@@ -21,7 +21,8 @@ from results.io import atomic_write_text
 
 __all__ = [
     "MANIFEST",
-    "OBJECTIVE_COLUMNS",
+    "COST_COLUMNS",
+    "SCORE",
     "SEARCH_DEFINING",
     "SearchSettings",
     "objective_columns",
@@ -34,14 +35,15 @@ JOURNAL = "launched.jsonl"
 STUDY_NAME = "scsa-search"
 MANIFEST_VERSION = 1
 
-# CLI objective name -> result / trials.csv column; directions come from results.pareto.OBJECTIVE_DIRECTIONS.
-OBJECTIVE_COLUMNS: dict[str, str] = {
-    "accuracy": "accuracy",
+# CLI cost name -> result / trials.csv column; directions come from results.pareto.OBJECTIVE_DIRECTIONS.
+COST_COLUMNS: dict[str, str] = {
     "gflops": "gflops",
     "params": "params",
     "latency": "latency_ms",
     "latency_ms": "latency_ms",
 }
+#: The CLI's name for "the proxy preset's own score" (its ``score`` setting: accuracy, val_loss, loss, tse, ...).
+SCORE = "score"
 
 SEARCH_DEFINING: tuple[str, ...] = (
     "backbone",
@@ -60,23 +62,29 @@ SEARCH_DEFINING: tuple[str, ...] = (
 )
 
 
-def objective_columns(text: str) -> list[str]:
-    """``"accuracy,gflops,latency"`` -> ``["accuracy", "gflops", "latency_ms"]``; ``ValueError`` naming the fix."""
+def objective_columns(text: str, score: str = "accuracy") -> list[str]:
+    """``"score,gflops,latency"`` -> ``[score, "gflops", "latency_ms"]``: one proxy score first (``score``, the
+    preset's, or one named: accuracy, val_loss, loss, tse, tse_ema), then the costs in the given order.
+    ``ValueError`` naming the fix."""
+    from evaluators.scores import SCORES
+
     names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
-    allowed = "accuracy, gflops, params, latency"
+    allowed = f"{SCORE} (the preset's: {score}) or one of {', '.join(SCORES)}; costs gflops, params, latency"
     if not names:
-        raise ValueError(f"--objectives is empty; give a comma-separated list from: {allowed}")
-    unknown = [n for n in names if n not in OBJECTIVE_COLUMNS]
+        raise ValueError(f"--objectives is empty; give a comma-separated list: {allowed}")
+    names = [score if n == SCORE else n for n in names]
+    unknown = [n for n in names if n not in COST_COLUMNS and n not in SCORES]
     if unknown:
         raise ValueError(f"unknown objective {unknown[0]!r} in --objectives; choose from: {allowed} "
-                         f"(e.g. accuracy,gflops)")
-    columns = [OBJECTIVE_COLUMNS[n] for n in names]
-    if len(set(columns)) != len(columns):
+                         f"(e.g. {SCORE},gflops)")
+    quality = [n for n in names if n in SCORES]
+    costs = [COST_COLUMNS[n] for n in names if n in COST_COLUMNS]
+    if len(set(costs)) != len(costs) or len(set(quality)) != len(quality):
         raise ValueError(f"--objectives lists an objective twice: {text!r}")
-    if "accuracy" not in columns or len(columns) < 2:
-        raise ValueError(f"--objectives must hold accuracy and at least one cost (gflops, params, latency), "
-                         f"got {text!r}")
-    return columns
+    if len(quality) != 1 or not costs:
+        raise ValueError(f"--objectives must hold one proxy score ({SCORE} or one of {', '.join(SCORES)}) and at "
+                         f"least one cost (gflops, params, latency), got {text!r}")
+    return quality + costs
 
 
 def objective_modes(columns: list[str]) -> list[str]:
@@ -97,7 +105,7 @@ class SearchSettings:
     data_dir: str | None = None
     download: bool = False
     proxy: str = "default"
-    objectives: list[str] = field(default_factory=lambda: ["accuracy", "gflops"])
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "gflops"])  # the score first, then costs
     sampler: str = "nsga2"
     seed: int = 0
     space_file: str | None = None

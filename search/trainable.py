@@ -135,6 +135,7 @@ def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
     from evaluators.device import resolve_device
     from evaluators.flops import measure
     from evaluators.proxy import fidelity, train_proxy
+    from evaluators.scores import SCORES
     from space import ArchConfig
 
     from .replicates import replicate_seed
@@ -158,12 +159,10 @@ def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
         if fault:
             _raise_fault(fault, ep.epoch)
         tune.report({
-            "accuracy": ep.accuracy,
+            **{score: getattr(ep, score) for score in SCORES},  # accuracy, val_loss, loss, tse, tse_ema
             **costs,
             "epoch": ep.epoch,
             "epochs": ep.epochs,
-            "loss": ep.loss,
-            "val_loss": ep.val_loss,
             "images_seen": ep.images_seen,
             "train_time_s": ep.time_s,
             "trial_key": config["trial_key"],

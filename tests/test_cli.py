@@ -115,9 +115,10 @@ def test_data_dir_without_the_dataset(capsys, out, tmp_path):
 
 @pytest.mark.parametrize("objectives, expected", [
     ("accuracy,flops", "unknown objective 'flops'"),
-    ("gflops,params", "must hold accuracy"),
+    ("gflops,params", "must hold one proxy score (score or one of accuracy, val_loss, loss, tse, tse_ema)"),
     ("accuracy", "at least one cost"),
     ("accuracy,gflops,gflops", "twice"),
+    ("accuracy,tse,gflops", "must hold one proxy score"),
 ])
 def test_bad_objectives(capsys, out, objectives, expected):
     _fails(capsys, [*BASE, "--objectives", objectives, "--out", str(out)], expected, out=out)

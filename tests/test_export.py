@@ -105,7 +105,8 @@ def test_export_best_writes_all_files_with_gains_as_paired_intervals(tmp_path):
     # seed by seed the sample beats the plain backbone by exactly 5 points: interval 0, "better"
     assert "Against the plain backbone: +5.00 ± 0.00 accuracy points (paired over 3 seed(s)" in md
     assert "**better**" in md and "85.00 ± 2.48 % (3 seeds)" in md
-    assert "Against the paper default: +1.33 ± " in md and "**not distinguishable at this fidelity**" in md
+    assert "Against the paper default (SCSA everywhere): +1.33 ± " in md
+    assert "**not distinguishable at this fidelity**" in md
     assert "Seed noise: the pooled within-config standard deviation of accuracy is 1.67 points (6 degrees" in md
     assert "timm.create_model" in md and "chosen instead" not in md
     assert ArchConfig.from_dict(json.loads((tmp_path / "best_config.json").read_text())) == SearchSpace(

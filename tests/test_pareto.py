@@ -274,6 +274,10 @@ def test_parse_select_rule_errors(text: str) -> None:
 def test_objective_directions() -> None:
     assert OBJECTIVE_DIRECTIONS == {
         "accuracy": "maximize",
+        "val_loss": "minimize",
+        "loss": "minimize",
+        "tse": "minimize",
+        "tse_ema": "minimize",
         "gflops": "minimize",
         "params": "minimize",
         "latency_ms": "minimize",

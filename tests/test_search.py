@@ -420,6 +420,16 @@ def test_samplers_are_multi_objective_or_refused_clearly():
         check_sampler("cmaes", 2)
 
 
+def test_objectives_name_the_score_they_rank_by_and_put_it_first():
+    from search.settings import objective_columns
+
+    assert objective_columns("score,gflops", "tse") == ["tse", "gflops"]  # the preset's own score
+    assert objective_columns("gflops,accuracy", "tse") == ["accuracy", "gflops"]  # or one named
+    assert objective_columns("latency,params,score", "val_loss") == ["val_loss", "latency_ms", "params"]
+    with pytest.raises(ValueError, match="unknown objective 'acc'"):
+        objective_columns("acc,gflops")
+
+
 def test_session_seed_changes_on_resume_only():
     assert session_seed(7, 0) == 7
     assert session_seed(7, 12) != 7 and session_seed(7, 12) == session_seed(7, 12)
