@@ -361,8 +361,20 @@ def validate(args: argparse.Namespace):
             raise UsageError(f"{out} already holds a search; continue it with --resume, or choose another --out")
         if not out.is_dir() or any(out.iterdir()):
             raise UsageError(f"--out {out} exists and is not an empty directory; choose a new or empty one")
+    _check_creatable(out)
     settings_values["out"] = str(out.resolve())
     return SearchSettings(resume=bool(args.resume), **settings_values)
+
+
+def _check_creatable(out: Path) -> None:
+    """``UsageError`` unless ``out`` is, or can be created as, a directory this process may write into."""
+    ancestor = out.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--out {out}: {ancestor} is a file, not a directory; choose another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {ancestor} is not writable; choose another --out")
 
 
 def _storage(text: str | None) -> str | None:

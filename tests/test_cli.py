@@ -208,6 +208,20 @@ def test_new_search_into_a_non_empty_directory_is_refused(capsys, tmp_path):
     _fails(capsys, [*BASE, "--out", str(busy)], "not an empty directory", out=busy)
 
 
+def test_out_under_a_regular_file_is_refused_before_anything_starts(capsys, tmp_path):
+    afile = tmp_path / "some_file"
+    afile.write_text("mine")
+    _fails(capsys, [*BASE, "--out", str(afile / "sub")], f"{afile} is a file, not a directory", out=afile)
+    assert afile.read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_out_in_a_read_only_directory_is_refused(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    _fails(capsys, [*BASE, "--out", str(locked / "run")], "is not writable", out=locked)
+
+
 def test_resume_refuses_conflicting_search_settings(capsys, existing):
     _fails(capsys, ["--resume", "--out", str(existing), "--backbone", "resnet34"], "--backbone resnet34",
            "conflicts", out=existing)
