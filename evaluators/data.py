@@ -375,11 +375,16 @@ def _fashion_files(data_dir: str | None) -> dict[str, tuple[Path, Path]] | None:
     return None
 
 
+#: How to install the embedded default dataset (Debian's package); as root, without ``sudo``.
+FASHION_MNIST_INSTALL = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+
+
 def _fashion_not_found(data_dir: str | None) -> DatasetNotFoundError:
     searched = ", ".join(str(d) for d in _fashion_dirs(data_dir))
     return DatasetNotFoundError(
-        f"Fashion-MNIST not found (looked for train-images-idx3-ubyte.gz etc. in {searched}): "
-        "apt-get install dataset-fashion-mnist, or pass --data-dir DIR, or allow download"
+        f"Fashion-MNIST not found (looked for train-images-idx3-ubyte.gz etc. in {searched}): install the Debian "
+        f"package dataset-fashion-mnist ({FASHION_MNIST_INSTALL}; as root without sudo), or pass --data-dir DIR, "
+        "or add --download"
     )
 
 
@@ -426,8 +431,8 @@ def _download_fashion(data_dir: str | None) -> None:
     except Exception as exc:  # network, disk, archive: all mean "not available"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatasetNotFoundError(
-            f"Fashion-MNIST download to {root} failed ({reason}): apt-get install dataset-fashion-mnist, "
-            "or pass --data-dir DIR with the IDX files"
+            f"Fashion-MNIST download to {root} failed ({reason}): install the Debian package dataset-fashion-mnist "
+            f"({FASHION_MNIST_INSTALL}; as root without sudo), or pass --data-dir DIR with the IDX files"
         ) from exc
 
 

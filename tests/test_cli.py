@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import run_search
+from space import ArchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -111,6 +112,21 @@ def test_data_dir_without_the_dataset(capsys, out, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     _fails(capsys, [*BASE, "--dataset", "cifar10", "--data-dir", str(empty), "--out", str(out)], "cifar10", out=out)
+
+
+def test_fashion_mnist_missing_names_the_package_and_its_install_command(capsys, out, tmp_path, monkeypatch):
+    from evaluators import data
+
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("SCSA_SEARCH_DATA", str(tmp_path / "cache"))
+    expected = ("dataset-fashion-mnist", data.FASHION_MNIST_INSTALL, "--data-dir", "--download")
+    _fails(capsys, [*BASE, "--out", str(out)], *expected, out=out)
+    cfg = tmp_path / "best_config.json"
+    cfg.write_text(json.dumps(ArchConfig.baseline("resnet18").to_dict()))
+    assert run_search.main(["train", "--config", str(cfg), "--out", str(tmp_path / "train")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and all(text in err for text in expected), err
+    assert not (tmp_path / "train").exists()
 
 
 @pytest.mark.parametrize("objectives, expected", [
@@ -239,7 +255,6 @@ def test_resume_refuses_a_proxy_preset_that_changed_since(capsys, existing):
 
 def test_resume_refuses_a_budget_below_what_was_launched(capsys, existing):
     from search.ledger import Launch, Ledger
-    from space import ArchConfig
 
     ledger = Ledger.open(existing, ["accuracy", "gflops"])
     for n, arch in enumerate((ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"))):

@@ -296,7 +296,8 @@ def test_fashion_missing_data_dir(tmp_path, no_network):
     message = str(err.value)
     assert isinstance(err.value, FileNotFoundError)
     assert str(missing) in message and str(missing / "FashionMNIST" / "raw") in message
-    assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message and "download" in message
+    assert data.FASHION_MNIST_INSTALL in message and "--data-dir" in message and "--download" in message
+    assert data.FASHION_MNIST_INSTALL == "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
     assert "\n" not in message
     assert str(data.FASHION_MNIST_SYSTEM_DIR) not in message  # an explicit data_dir is not second-guessed
     with pytest.raises(DatasetNotFoundError):
@@ -307,7 +308,7 @@ def test_fashion_missing_data_dir(tmp_path, no_network):
 def test_fashion_missing_default_locations(tmp_path, monkeypatch, no_network):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("SCSA_SEARCH_DATA", str(tmp_path / "cache"))
-    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist") as err:
+    with pytest.raises(DatasetNotFoundError, match="apt-get install -y dataset-fashion-mnist") as err:
         check_dataset("fashion-mnist")
     assert str(tmp_path / "system") in str(err.value) and str(tmp_path / "cache") in str(err.value)
     assert no_network == []
