@@ -1,0 +1,63 @@
+"""The README's two set-up commands and .ci/run agree: the same install line for the dataset, the same steps."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = text[text.index("## Set-up on a fresh machine"):text.index("## SCSA module")]
+    return re.findall(r"```bash\n(.+?)\n```", setup)
+
+
+def _steps(command: str) -> list[str]:
+    """The command's top-level steps (split on the ``&&`` outside braces)."""
+    steps, depth, start = [], 0, 0
+    for i, ch in enumerate(command):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth == 0 and command.startswith("&&", i):
+            steps.append(command[start:i].strip())
+            start = i + 2
+    return steps + [command[start:].strip()]
+
+
+def test_exactly_two_commands_that_install_the_dataset_the_same_way_and_ci_runs_the_second():
+    search, tests = _commands()
+    assert _steps(search)[-1] == "python run_search.py --budget 200 --backbone resnet50"
+    assert _steps(tests)[-1] == "python -m pytest -q"
+    install = next(s for s in _steps(tests) if "dataset-fashion-mnist" in s)
+    assert install in _steps(search) and "sudo apt-get" not in install.replace("$(command -v sudo) apt-get", "")
+    assert _steps(search)[:2] == _steps(tests)[:2]  # the same virtual environment and torch
+    # .ci/run extracts and runs the README's second command; what it extracts is exactly that command
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    extract = script[script.index("command=$(") + len("command=$("):script.index("README.md)")] + "README.md"
+    proc = subprocess.run(["bash", "-c", extract], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == tests, proc.stdout + proc.stderr
+    assert 'bash -c "$command"' in script
+
+
+def test_the_install_line_is_valid_shell_and_installs_nothing_when_the_package_is_there(tmp_path):
+    search, _ = _commands()
+    install = next(s for s in _steps(search) if "dataset-fashion-mnist" in s)
+    # dpkg stands in for the real one: "installed" -> nothing else may run (no apt-get, no sudo)
+    for name, body in (("dpkg", "exit 0"), ("apt-get", "echo apt-get \"$@\" >> calls; exit 0"),
+                       ("sudo", "echo sudo \"$@\" >> calls; exit 0")):
+        tool = tmp_path / name
+        tool.write_text(f"#!/bin/sh\n{body}\n")
+        tool.chmod(0o755)
+    proc = subprocess.run(["bash", "-c", install], cwd=tmp_path, env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "calls").exists()
+    # "not installed" -> the lists are refreshed, then the package installed, through sudo where there is one
+    (tmp_path / "dpkg").write_text("#!/bin/sh\nexit 1\n")
+    proc = subprocess.run(["bash", "-c", install], cwd=tmp_path, env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "sudo apt-get update", "sudo apt-get install -y dataset-fashion-mnist"]
