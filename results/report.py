@@ -18,6 +18,7 @@ from results.frame import read_trials, trials_frame, write_pareto, write_trials
 from results.pareto import hypervolume_history, reference_point
 from results.plots import plot_effects, plot_hypervolume, plot_pareto
 from results.replicates import config_means
+from results.tensorboard import TENSORBOARD_DIR, write_search_run
 
 PARETO_PNG = "pareto.png"
 HYPERVOLUME_PNG = "hypervolume.png"
@@ -29,8 +30,23 @@ def update(out_dir: str | os.PathLike[str], records: Iterable[Mapping], objectiv
     per-config means) from all records so far."""
     df = trials_frame(list(records))
     write_trials(df, out_dir)
-    write_pareto(config_means(df, objectives), out_dir, objectives)
+    means = config_means(df, objectives)
+    write_pareto(means, out_dir, objectives)
+    _hypervolumes(out_dir, means, objectives)
     return df
+
+
+def _hypervolumes(out_dir: str | os.PathLike[str], means: pd.DataFrame,
+                  objectives: Sequence[str]) -> tuple[pd.Series, dict[str, float]] | None:
+    """The hypervolume after each trial and its reference point, also written as the search's TensorBoard run;
+    None while no reference point can be set (nothing completed and no reference costs yet)."""
+    try:
+        ref = reference_point(means, objectives)
+    except ValueError:
+        return None
+    history = hypervolume_history(means, objectives, ref)
+    write_search_run(out_dir, history, ref)
+    return history, ref
 
 
 def finalize(
@@ -61,13 +77,12 @@ def finalize(
     best = choice.best if choice is not None else None
     written["pareto.png"] = plot_pareto(means, out / PARETO_PNG, objectives, best, resolution=resolution,
                                         best_label=f"chosen ({select})")
-    try:
-        ref = reference_point(means, objectives)
-        written["hypervolume.png"] = plot_hypervolume(hypervolume_history(means, objectives, ref),
-                                                      out / HYPERVOLUME_PNG, reference_point=ref)
+    hypervolumes = _hypervolumes(out, means, objectives)
+    if hypervolumes is not None:
+        history, ref = hypervolumes
+        written["hypervolume.png"] = plot_hypervolume(history, out / HYPERVOLUME_PNG, reference_point=ref)
         written["reference_point"] = ref
-    except ValueError as e:  # nothing completed and no reference costs yet
-        written.setdefault("reason", str(e))
+        written["tensorboard"] = out / TENSORBOARD_DIR
     written["effects.png"] = plot_effects(means, out / EFFECTS_PNG)
     if choice is not None:
         written.update(export_best(out, choice, df, means, objectives, select, resolution=resolution,

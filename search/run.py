@@ -32,7 +32,6 @@ killed while it starts or is being reused (by Ray's memory monitor, the kernel's
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import time
@@ -44,6 +43,7 @@ import optuna
 
 from space import ArchConfig, SearchSpace
 
+from .cluster import init_ray
 from .ledger import Ledger
 from .optuna_search import Forced, ParetoOptunaSearch, curve_key, reconcile_study
 from .samplers import make_sampler, session_seed
@@ -53,8 +53,6 @@ __all__ = ["MAX_RESTARTS", "SearchOutcome", "lost_worker", "plan_forced", "run"]
 
 MAX_RESTARTS = 3
 
-ROOT = Path(__file__).resolve().parents[1]
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,42 +89,6 @@ def plan_forced(settings: SearchSettings, ledger: Ledger) -> tuple[list[Forced],
         if ledger.find(arch) is None:
             references.append(Forced(arch, name))
     return reruns + references[:new], new
-
-
-def _init_ray(settings: SearchSettings) -> bool:
-    """Start (or connect to) Ray; ``True`` if this call started it and should shut it down."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Trials import this project's packages; workers of a local Ray inherit the driver's environment.
-    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    # OpenMP threads that spin while waiting burn the cores other trials (or other users) need: on a busy 2-core
-    # machine a 2-thread smoke trial took 24-74 s spinning and 7 s with passive waiting.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
-                              "configure_logging": True}
-    if settings.address:
-        # A cluster's nodes need the project importable (pip install -e . on each, or a shared checkout here).
-        try:
-            env = {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
-            ray.init(address=settings.address, runtime_env={"env_vars": env}, **common)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-            raise ConnectionError(" ".join(str(e).split()) or type(e).__name__) from None
-    else:
-        # No dashboard (no HTTP server), no Ray client server, and every other server on loopback: Ray binds its
-        # gRPC servers to the node IP, and resolves even _node_ip_address="127.0.0.1" to the host's routable
-        # address unless multi-node clusters are off, as Ray itself has them on macOS and Windows. A local search
-        # has no other node, so it turns them off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; a user who sets the
-        # variable keeps their choice). Ray reads it into a constant at import, hence the assignment as well.
-        from ray._private import ray_constants
-
-        os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR].lower() in (
-            "1", "true")
-        ray.init(num_cpus=os.cpu_count(), num_gpus=0 if settings.gpus_per_trial == 0 else None, **common)
-    return True
 
 
 def _next_session(storage: str) -> int:
@@ -199,6 +161,8 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
     fit = _Fitter(settings, stopper, echo)
     searcher = None
     try:
+        if settings.address:
+            fit.ray()  # join the cluster before anything is written: one that refuses leaves no trace in --out
         out.mkdir(parents=True, exist_ok=True)
         settings.write_manifest(seed_noise(ledger, settings.objectives[0]))
         storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_DB).resolve()}")
@@ -333,9 +297,7 @@ class _Fitter:
 
         if self.worker_lost is not None:
             return
-        if not self.ray_ready:
-            self.started_ray = _init_ray(self.settings)
-            self.ray_ready = True
+        self.ray()
         settings = self.settings
         progress = ProgressCallback(searcher, total, num_samples, settings.objectives, settings.select,
                                     echo=self.echo, replicates=replicates)
@@ -379,6 +341,12 @@ class _Fitter:
                     raise
                 self.stopper.interrupt()  # what was running is left unrecorded, for the resume to run again
         _close_unfinished(searcher, progress, self.stopper, self.echo)
+
+    def ray(self) -> None:
+        """Start Ray, or join the cluster, once."""
+        if not self.ray_ready:
+            self.started_ray = init_ray(self.settings)
+            self.ray_ready = True
 
     def shutdown(self) -> None:
         if self.started_ray:

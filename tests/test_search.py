@@ -483,15 +483,10 @@ needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-MNIST 
 
 @pytest.mark.slow
 @needs_fashion
-def test_search_end_to_end(tmp_path):
+def test_search_end_to_end(smoke_search):
     """6 real smoke trials, then 2 replicates of each finalist: files, statuses, front of the means, intervals,
-    study — and a failure and a retry, injected."""
-    out = tmp_path / "run"
-    started = time.time()
-    proc = _run(["--budget", "6", "--backbone", "resnet18", "--proxy", "smoke", "--out", str(out),
-                 "--max-concurrent", "1", "--retries", "1", "--replicates", "2"],
-                env={"SCSA_SEARCH_INJECT_FAULT": "t0003@0,t0004"})  # t0003 fails once then succeeds; t0004 always
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study — and a failure and a retry, injected (see the ``smoke_search`` fixture)."""
+    out, proc = smoke_search
     everything = _rows(out)
     rows = [r for r in everything if not r["replicate_of"]]
     replicates = [r for r in everything if r.get("replicate_of")]
@@ -545,7 +540,6 @@ def test_search_end_to_end(tmp_path):
     by_id = {t.user_attrs["trial_id"]: t.state.name for t in study.trials if "duplicate_of" not in t.user_attrs}
     assert by_id == {r["trial_id"]: expected[r["status"]] for r in rows}
     assert "chosen by knee" in proc.stdout and str(out / "best_config.json") in proc.stdout
-    print(f"end-to-end search of 6 smoke trials: {time.time() - started:.0f}s")
 
 
 @pytest.mark.slow

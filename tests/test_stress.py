@@ -78,10 +78,10 @@ def public_listeners():
 before = public_listeners()
 sys.path.insert(0, sys.argv[1])
 import ray  # noqa: E402
-from search.run import _init_ray  # noqa: E402
+from search.cluster import init_ray  # noqa: E402
 from search.settings import SearchSettings  # noqa: E402
 
-_init_ray(SearchSettings(backbone="resnet18", budget=1, out=sys.argv[2], proxy="smoke"))
+init_ray(SearchSettings(backbone="resnet18", budget=1, out=sys.argv[2], proxy="smoke"))
 ray.get(ray.remote(lambda: 1).remote())  # a worker process too
 print("node", ray.util.get_node_ip_address())
 print("new public listeners", sorted(public_listeners() - before))
