@@ -467,16 +467,21 @@ def _print_outcome(outcome, settings) -> None:
 
 def train_main(argv: list[str]) -> int:
     """``run_search.py train --config best_config.json --epochs N``: full training of an exported config."""
-    ap = _Parser(prog="run_search.py train", description="Train an exported architecture at full schedule with "
-                 "the proxy's training code; writes model.pth (state dict), metrics.json (test accuracy), arch.json.")
+    from evaluators.train import CHECKPOINT
+
+    ap = _Parser(prog="run_search.py train", description="Train an exported architecture with the full-training "
+                 "recipe (whole training split, crop + flip, AdamW, warm-up + cosine, label smoothing); a checkpoint "
+                 "every epoch, so running the same command again continues an interrupted training. Writes "
+                 "model.pth (state dict), metrics.json (val and test accuracy), arch.json.")
     ap.add_argument("--config", required=True, help="best_config.json of a search (an ArchConfig)")
     ap.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "cifar10", "cifar100",
                                                                    "imagefolder"))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--epochs", type=_positive_int("--epochs"), default=30)
-    ap.add_argument("--preset", choices=PROXIES, default="thorough", help="optimiser/resolution settings to reuse")
-    ap.add_argument("--resolution", type=_positive_int("--resolution"), default=None)
+    ap.add_argument("--resolution", type=_positive_int("--resolution"), default=64, help="input px (default 64)")
+    ap.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64)
+    ap.add_argument("--lr", type=_positive_float("AdamW learning rate"), default=2e-3)
     ap.add_argument("--seed", type=_int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="default: train-<backbone>-<dataset>")
@@ -504,18 +509,37 @@ def train_main(argv: list[str]) -> int:
         out = Path(args.out or f"train-{arch.backbone}-{args.dataset}")
         if (out / "model.pth").exists():
             raise UsageError(f"{out} already holds a trained model.pth; choose another --out")
+        if out.exists() and not (out / CHECKPOINT).exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {out} exists and is neither empty nor an interrupted training; choose another")
+        _check_creatable(out)
     except UsageError as e:
         print(f"run_search.py train: error: {e}", file=sys.stderr)
         return 2
-    from evaluators.train import train_full
+    from evaluators.proxy import TrainingDiverged
+    from evaluators.train import CheckpointError, train_full
+
+    def started(run) -> None:
+        again = f", continuing after epoch {run.epoch} ({out / CHECKPOINT})" if run.epoch else ""
+        print(f"training {arch.describe()}: {run.train_images} images per epoch at {run.fidelity.resolution} px, "
+              f"{run.fidelity.epochs} epoch(s), batch {run.fidelity.batch_size}, {run.device}{again}", flush=True)
 
     def show(r) -> None:
-        print(f"epoch {r.epoch}/{r.epochs}: val accuracy {100 * r.accuracy:.2f}%, loss {r.loss:.4f}, "
+        print(f"epoch {r.epoch}/{r.epochs}: val accuracy {100 * r.accuracy:.2f}%, train loss {r.loss:.4f}, "
               f"{r.time_s:.0f}s", flush=True)
 
-    metrics = train_full(arch, out, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                         preset=args.preset, resolution=args.resolution, seed=args.seed, device=args.device,
-                         download=args.download, on_epoch=show)
+    try:
+        metrics = train_full(arch, out, epochs=args.epochs, dataset=args.dataset, data_dir=args.data_dir,
+                             resolution=args.resolution, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             device=args.device, download=args.download, on_epoch=show, on_start=started)
+    except CheckpointError as e:
+        print(f"run_search.py train: error: {e}; choose another --out", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"run_search.py train: {e}; try a lower --lr", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; the last finished epoch is in {out / CHECKPOINT}: run the same command to continue")
+        return 130
     print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%; wrote {out}/model.pth, metrics.json, arch.json")
     return 0
 

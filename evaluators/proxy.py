@@ -536,6 +536,33 @@ class ProxyRun:
         self._tse_ema = 0.0
         self._step_decay = TSE_EMA_DECAY ** (1.0 / self.steps_per_epoch)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly where this one is: weights, optimiser, step counters,
+        history and RNG state (tensors, numbers, strings, lists and dicts only: ``torch.load(...,
+        weights_only=True)`` reads it back)."""
+        return {
+            "arch": self.arch.to_dict(), "fidelity": self.fidelity.to_dict(), "seed": self.seed,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self._step,
+            "images_seen": self.images_seen, "tse": self._tse, "tse_ema": self._tse_ema,
+            "history": [r.to_dict() for r in self.history], "cpu_rng": self._cpu_rng,
+            "elapsed_s": time.perf_counter() - self._start,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a run of the same config, fidelity and seed (``ValueError`` if not)."""
+        mine = {"arch": self.arch.to_dict(), "fidelity": self.fidelity.to_dict(), "seed": self.seed}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            differ = ", ".join(k for k in mine if theirs[k] != mine[k])
+            raise ValueError(f"the checkpoint is of another run ({differ} differ); it cannot be continued")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        self._tse, self._tse_ema = float(state["tse"]), float(state["tse_ema"])
+        self.history = [EpochResult(**r) for r in state["history"]]
+        self._cpu_rng = state["cpu_rng"]
+        self._start = time.perf_counter() - float(state["elapsed_s"])
+
     def _cuda_devices(self) -> list[int]:
         return [self.device.index or 0] if self.device.type == "cuda" else []
 
