@@ -81,6 +81,10 @@ VARIANTS: dict[str, Variant] = {
     "rep2-half": Variant("replicates", {"train_images": 384, "val_images": 250}, replicates=2),
     # Not a fidelity knob, but the presets were tuned on ResNets and mobilenetv2_100 barely trains at lr 3e-3.
     "lr-1e-2": Variant("learning rate", {"lr": 1e-2}),
+    # The knobs that helped one at a time (first draw of each), combined.
+    "r40-lr1e-2": Variant("combined", {"train_images": 1088, "resolution": 40, "lr": 1e-2}),
+    "v250-lr1e-2": Variant("combined", {"train_images": 832, "val_images": 250, "lr": 1e-2}),
+    "r40-v250-lr1e-2": Variant("combined", {"train_images": 1184, "val_images": 250, "resolution": 40, "lr": 1e-2}),
 }
 
 
