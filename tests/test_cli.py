@@ -116,8 +116,9 @@ def test_data_dir_without_the_dataset(capsys, out, tmp_path):
 
 def test_fashion_mnist_missing_names_the_package_and_its_install_command(capsys, out, tmp_path, monkeypatch):
     from evaluators import data
+    from evaluators.data import fashion_mnist
 
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("SCSA_SEARCH_DATA", str(tmp_path / "cache"))
     expected = ("dataset-fashion-mnist", data.FASHION_MNIST_INSTALL, "--data-dir", "--download")
     _fails(capsys, [*BASE, "--out", str(out)], *expected, out=out)

@@ -22,8 +22,14 @@ from evaluators.data import (
     DatasetNotFoundError,
     Split,
     check_dataset,
+    fashion_mnist,
     load_splits,
+    source,
+    split,
 )
+from evaluators.data.holdout import holdout
+from evaluators.data.source import SOURCES
+from evaluators.data.split import crop_flip
 
 FMNIST = data.FASHION_MNIST_SYSTEM_DIR
 needs_fmnist = pytest.mark.skipif(
@@ -131,10 +137,10 @@ def test_fashion_mnist_sizes_and_info(fmnist):
 def test_fashion_mnist_cached_in_process(fmnist):
     info, splits = load_splits("fashion-mnist")
     assert splits is fmnist[1]
-    misses = data._read_arrays.cache_info().misses
+    misses = source.read_arrays.cache_info().misses
     _, other = load_splits("fashion-mnist", val_fraction=0.2)
     assert (len(other["train"]), len(other["val"]), len(other["test"])) == (48000, 12000, 10000)
-    assert data._read_arrays.cache_info().misses == misses  # another hold-out, but the gz files are not re-read
+    assert source.read_arrays.cache_info().misses == misses  # another hold-out, but the gz files are not re-read
 
 
 @needs_fmnist
@@ -145,7 +151,7 @@ def test_fashion_mnist_val_disjoint_from_train_and_test_untouched(fmnist):
     raw_test_labels = _read_idx_reference(FMNIST / "t10k-labels-idx1-ubyte.gz")
 
     raw_labels = torch.from_numpy(_read_idx_reference(FMNIST / "train-labels-idx1-ubyte.gz").astype(np.int64))
-    train_idx, val_idx = data._holdout(raw_labels, 0.1)
+    train_idx, val_idx = holdout(raw_labels, 0.1)
     assert len(set(train_idx.tolist()) & set(val_idx.tolist())) == 0
     assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(60000))
     # train + val is exactly the official training set, as a multiset of images
@@ -164,9 +170,9 @@ def test_fashion_mnist_val_disjoint_from_train_and_test_untouched(fmnist):
 def test_fashion_mnist_split_does_not_depend_on_trial_seed(fmnist):
     labels = fmnist[1]["train"].labels
     torch.manual_seed(12345)  # global RNG state must not matter
-    a = data._holdout(torch.arange(100) % 10, 0.1)
+    a = holdout(torch.arange(100) % 10, 0.1)
     torch.manual_seed(999)
-    b = data._holdout(torch.arange(100) % 10, 0.1)
+    b = holdout(torch.arange(100) % 10, 0.1)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert torch.equal(load_splits("fashion-mnist")[1]["train"].labels, labels)
 
@@ -235,7 +241,7 @@ def _window(x: torch.Tensor, dy: int, dx: int, h: int, w: int, flip: bool) -> to
 def test_crop_flip_is_a_padded_shifted_maybe_flipped_copy():
     b, c, h, w, pad = 16, 2, 8, 8, 2
     x = (torch.arange(b * c * h * w) % 250 + 1).to(torch.uint8).view(b, c, h, w)
-    out = data._crop_flip(x, pad, torch.Generator().manual_seed(0))
+    out = crop_flip(x, pad, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = F.pad(x, (pad, pad, pad, pad))
     seen_flip = seen_shift = False
@@ -251,7 +257,7 @@ def test_crop_flip_is_a_padded_shifted_maybe_flipped_copy():
         seen_flip |= any(f for _, _, f in candidates)
         seen_shift |= any((dy, dx) != (pad, pad) for dy, dx, _ in candidates)
     assert seen_flip and seen_shift
-    assert torch.equal(out, data._crop_flip(x, pad, torch.Generator().manual_seed(0)))
+    assert torch.equal(out, crop_flip(x, pad, torch.Generator().manual_seed(0)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -306,7 +312,7 @@ def test_fashion_missing_data_dir(tmp_path, no_network):
 
 
 def test_fashion_missing_default_locations(tmp_path, monkeypatch, no_network):
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("SCSA_SEARCH_DATA", str(tmp_path / "cache"))
     with pytest.raises(DatasetNotFoundError, match="apt-get install -y dataset-fashion-mnist") as err:
         check_dataset("fashion-mnist")
@@ -379,7 +385,7 @@ def test_bad_val_fraction():
 
 def test_imagefolder_stats_match_timm():
     timm_data = pytest.importorskip("timm.data")
-    mean, std = data._STATS["imagefolder"]
+    mean, std = SOURCES["imagefolder"].mean, SOURCES["imagefolder"].std
     assert mean == tuple(timm_data.IMAGENET_DEFAULT_MEAN) and std == tuple(timm_data.IMAGENET_DEFAULT_STD)
 
 
@@ -391,7 +397,7 @@ def test_imagefolder_flat_layout(tmp_path):
     _write_class_folders(tmp_path, per_class=5)
     info, splits = load_splits("imagefolder", data_dir=str(tmp_path), val_fraction=0.2)
     assert info.num_classes == 3 and info.sizes == {"train": 12, "val": 3, "test": 0}
-    assert info.mean == data._STATS["imagefolder"][0]
+    assert info.mean == SOURCES["imagefolder"].mean
     assert {k: len(v) for k, v in splits.items()} == info.sizes
     assert torch.bincount(splits["val"].labels).tolist() == [1, 1, 1]
     assert set(splits["train"].paths).isdisjoint(splits["val"].paths)
@@ -425,8 +431,8 @@ def test_imagefolder_decodes_each_file_once_per_resolution(tmp_path, monkeypatch
     _write_class_folders(tmp_path, per_class=3)
     _, splits = load_splits("imagefolder", data_dir=str(tmp_path), val_fraction=0.34)
     calls = []
-    decode = data._decode_image
-    monkeypatch.setattr(data, "_decode_image", lambda path, resolution: calls.append(path) or decode(path, resolution))
+    decode = split.decode_image
+    monkeypatch.setattr(split, "decode_image", lambda path, resolution: calls.append(path) or decode(path, resolution))
     for seed in range(3):
         list(splits["train"].batches(2, 12, train=True, seed=seed))
     assert len(calls) == len(set(calls)) == len(splits["train"])
@@ -481,3 +487,30 @@ def test_split_rejects_bad_inputs():
     split = Split(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2), mean=(0,) * 3, std=(1,) * 3)
     with pytest.raises(ValueError, match="batch_size"):
         next(split.batches(0, 4, train=False, seed=0))
+
+
+def test_a_dataset_is_one_registered_source(monkeypatch):
+    """Adding a dataset means adding a source: the entry points find it by name, nothing else changes."""
+    from evaluators.data.source import ArraySource, register
+
+    monkeypatch.setattr(source, "SOURCES", dict(SOURCES))  # registered for this test only
+    monkeypatch.setattr(data, "SOURCES", source.SOURCES)
+
+    @register
+    class Stripes(ArraySource):
+        name = "stripes"
+
+        def check(self, data_dir, download, val_fraction):
+            return DataInfo(self.name, 2, self.mean, self.std, 4, {"train": 18, "val": 2, "test": 4})
+
+        def location(self, data_dir):
+            return Path("/nowhere")
+
+        def read(self, location):
+            images = torch.arange(2, dtype=torch.uint8).repeat_interleave(12).view(24, 1, 1, 1).expand(24, 1, 4, 4)
+            labels = torch.arange(2).repeat_interleave(12)
+            return {"train": (images[:20].contiguous(), labels[:20]), "test": (images[20:].contiguous(), labels[20:])}
+
+    info, splits = load_splits("stripes")
+    assert info.num_classes == 2 and {k: len(v) for k, v in splits.items()} == {"train": 18, "val": 2, "test": 4}
+    assert torch.bincount(splits["val"].labels).tolist() == [1, 1]  # the shared, stratified hold-out
