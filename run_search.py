@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", metavar="DIR", help="where the dataset is (default: the usual places)")
     data.add_argument("--download", action="store_true", help="download the dataset if missing (once, before Ray)")
     data.add_argument("--proxy", choices=PROXIES, help="proxy fidelity preset (default: default)")
+    data.add_argument("--proxy-set", action="append", metavar="KEY=VALUE",
+                      help="override one setting of the preset (repeatable), e.g. --proxy-set lr=0.01 "
+                           "--proxy-set score=loss; any field of evaluators.proxy.Fidelity")
     data.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N (default auto)")
     how = ap.add_argument_group("search strategy")
     how.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default nsga2)")
@@ -233,12 +236,16 @@ def validate(args: argparse.Namespace):
     # -- the rest of the settings --------------------------------------------------------------------------------
     if values.get("budget") is None:
         raise UsageError("--budget N is required: the number of trials to launch (e.g. --budget 200)")
-    from evaluators.proxy import fidelity
+    from evaluators.proxy import fidelity, parse_overrides
 
     try:
-        fid = fidelity(values["proxy"])
+        proxy_set = parse_overrides(args.proxy_set) if args.proxy_set else manifest.get("proxy_set")
     except ValueError as e:
-        raise UsageError(f"--proxy: {e}") from None
+        raise UsageError(f"--proxy-set: {e}") from None
+    try:
+        fid = fidelity(values["proxy"], **(proxy_set or {}))
+    except ValueError as e:
+        raise UsageError(f"--proxy{'-set' if proxy_set else ''}: {e}") from None
     fid_settings = {k: v for k, v in fid.to_dict().items() if k != "threads"}  # threads are per trial, not per search
     try:
         objectives = objective_columns(values["objectives"], fid.score)
@@ -323,9 +330,9 @@ def validate(args: argparse.Namespace):
     population = values.get("population_size") or max(4, min(50, budget // 4))
     settings_values = dict(
         backbone=backbone, budget=budget, dataset=values["dataset"], data_dir=data_dir,
-        download=bool(args.download), proxy=values["proxy"], objectives=objectives, sampler=values["sampler"],
-        seed=int(values["seed"]), space_file=str(Path(args.space).resolve()) if args.space else
-        manifest.get("space_file"), space_spec=space_spec, select=values["select"], device=device,
+        download=bool(args.download), proxy=values["proxy"], proxy_set=proxy_set or None, objectives=objectives,
+        sampler=values["sampler"],
+        seed=int(values["seed"]), space_spec=space_spec, select=values["select"], device=device,
         time_budget_min=given.get("time_budget"), max_concurrent=max_concurrent, cpus_per_trial=cpus,
         gpus_per_trial=gpus, address=values.get("address"),
         storage=_storage(values.get("storage")),
@@ -405,6 +412,8 @@ def _differs(a: Any, b: Any) -> bool:
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
+    if isinstance(value, dict) and all(not isinstance(v, dict | list) for v in value.values()):
+        return " ".join(f"{k}={v}" for k, v in value.items())  # --proxy-set
     if isinstance(value, dict):
         return "a different space"
     return str(value)

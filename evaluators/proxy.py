@@ -64,6 +64,7 @@ __all__ = [
     "TrainingDiverged",
     "evaluate",
     "fidelity",
+    "parse_overrides",
     "train_proxy",
 ]
 
@@ -278,6 +279,38 @@ def fidelity(preset: str | Fidelity = "default", **overrides: Any) -> Fidelity:
 
 
 _as_fidelity = fidelity  # for ProxyRun, whose ``fidelity`` parameter shadows the function
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "score=loss", "train_images=none"]`` -> fidelity overrides, each value parsed as its field's
+    type (integers, numbers, true/false, names; ``none`` where the field allows None). ``ValueError`` naming the
+    item."""
+    kinds = {f.name: str(f.type) for f in fields(Fidelity)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ValueError(f"{item!r} is not KEY=VALUE")
+        _check_names({key: None})
+        kind = kinds[key]
+        try:
+            if text.lower() == "none" and "None" in kind:
+                value: Any = None
+            elif kind.startswith("int"):
+                value = int(text)
+            elif kind == "float":
+                value = float(text)
+            elif kind == "bool":
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                value = text.lower() == "true"
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(f"{item!r}: {key} takes {kind.replace(' | None', ' or none')}") from None
+        out[key] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------

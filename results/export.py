@@ -8,7 +8,7 @@ import math
 import os
 import pprint
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +18,6 @@ from results.io import atomic_write_text
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
 from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estimate
 from space import ArchConfig
-from space.backbones import family
 
 BEST_JSON = "best_config.json"
 BEST_MD = "best_config.md"
@@ -203,8 +202,9 @@ def best_config_markdown(
         f"`{quality}` is the {OBJECTIVE_LABELS.get(quality, quality)} on {dataset}; GFLOPs are counted at "
         f"{resolution} px (one multiply-add = one FLOP).",
         "",
-        (f"Seed noise: the pooled within-config standard deviation of {quality} is {_fmt(scale * sd, '.3g')} "
-         f"{unit} ({dof} degrees of freedom, from the replicates)." if dof else
+        (f"Seed noise: the pooled within-config standard deviation of {quality} is "
+         f"{' '.join(filter(None, (_fmt(scale * sd, '.3g'), unit)))} ({dof} degrees of freedom, from the "
+         "replicates)." if dof else
          "Seed noise: not measured (no replicates; run with --replicates K): no difference below is "
          "distinguishable from it."),
         "",
@@ -278,8 +278,3 @@ def export_best(
         "best_config.md": out / BEST_MD,
         "mmpretrain": write_mmpretrain(out, arch, num_classes),
     }
-
-
-def arch_family(arch: ArchConfig | Mapping) -> str:
-    backbone = arch.backbone if isinstance(arch, ArchConfig) else arch["backbone"]
-    return family(backbone)

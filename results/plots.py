@@ -171,7 +171,7 @@ def plot_pareto(
     ax.margins(x=0.08, y=0.1)
     _place_labels(ax, labels)
     if ax.get_legend_handles_labels()[0]:
-        corner = "lower right" if OBJECTIVE_DIRECTIONS.get(y) == "maximize" else "upper right"
+        corner = "lower right" if y == "accuracy" else "best"
         ax.legend(loc=corner, fontsize=8, framealpha=0.9, markerscale=0.8)
     return _save(fig, path)
 

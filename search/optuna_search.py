@@ -315,9 +315,6 @@ class ParetoOptunaSearch(OptunaSearch):
         for number in self._waiting_duplicates.pop(launch.trial_id, []):
             self._tell_like(number, record)
 
-    def pending_duplicates(self) -> dict[str, list[int]]:
-        return dict(self._waiting_duplicates)
-
     def finished(self, trial_id: str) -> bool:
         """Whether Ray trial ``trial_id`` has been closed (recorded or told)."""
         return trial_id in self._completed_trials

@@ -140,12 +140,12 @@ class ProgressCallback(Callback):
         # The searcher told Optuna FAIL already (Ray notifies it first); the record with the reason is written now.
         self.searcher.record_failure(trial.trial_id, self.last_results.get(trial.trial_id), describe_error(trial))
         self.finished_this_session += 1
-        self.report(force=True)
+        self.report()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
         self.finished_this_session += 1
-        self.report(force=True)
+        self.report()
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if time.time() - self.last_print >= HEARTBEAT_S:
@@ -189,7 +189,7 @@ class ProgressCallback(Callback):
         return (f"{text} | best {best['trial_id']} {score} {float(best[score]):.4f} "
                 f"@ {float(best['gflops']):.3f} GFLOPs")
 
-    def report(self, force: bool = False) -> None:
+    def report(self) -> None:
         if self.echo is None:
             return
         self.last_print = time.time()

@@ -301,13 +301,8 @@ class _Fitter:
         settings = self.settings
         progress = ProgressCallback(searcher, total, num_samples, settings.objectives, settings.select,
                                     echo=self.echo, replicates=replicates)
-        trial_settings = {
-            "dataset": settings.dataset, "data_dir": settings.data_dir, "proxy": settings.proxy,
-            "seed": settings.seed, "device": settings.device, "threads": settings.cpus_per_trial,
-            "resolution": settings.resolution, "objectives": settings.objectives,
-        }
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, settings=trial_settings),
+            tune.with_parameters(train_trial, settings=settings.for_trials()),
             {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
         )
         # The legacy reporter honours verbose=0; the new one prints its table whatever the verbosity.

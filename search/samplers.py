@@ -21,8 +21,7 @@ import optuna
 
 __all__ = ["SAMPLERS", "check_sampler", "make_sampler", "session_seed"]
 
-SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "gp", "random", "qmc")
-_MULTI_OBJECTIVE = {"nsga2", "tpe", "gp", "random", "qmc"}  # all of these accept several objectives in Optuna >= 4
+SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "gp", "random", "qmc")  # each optimises several objectives (Optuna >= 4)
 _NEEDS = {"gp": ("scipy", "torch"), "qmc": ("scipy",)}
 
 
@@ -30,8 +29,6 @@ def check_sampler(name: str, n_objectives: int) -> None:
     """Raise ``ValueError`` (one line, with the fix) if ``name`` cannot drive this search here."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    if n_objectives > 1 and name not in _MULTI_OBJECTIVE:
-        raise ValueError(f"sampler {name!r} cannot optimise {n_objectives} objectives; use nsga2 or tpe")
     missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(

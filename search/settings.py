@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "SCORE",
     "SEARCH_DEFINING",
     "SearchSettings",
+    "TrialSettings",
     "objective_columns",
     "objective_modes",
 ]
@@ -49,6 +50,7 @@ SEARCH_DEFINING: tuple[str, ...] = (
     "backbone",
     "dataset",
     "proxy",
+    "proxy_set",
     "objectives",
     "sampler",
     "seed",
@@ -94,6 +96,21 @@ def objective_modes(columns: list[str]) -> list[str]:
     return ["max" if OBJECTIVE_DIRECTIONS[c] == "maximize" else "min" for c in columns]
 
 
+@dataclass(frozen=True)
+class TrialSettings:
+    """The fixed settings a trial receives (Ray ships it to the workers): the proxy's :class:`Fidelity` as a dict
+    (without threads: ``threads`` is per trial), the data, the seed, the device and the cost objectives."""
+
+    dataset: str
+    data_dir: str | None
+    fidelity: dict[str, Any]
+    seed: int
+    device: str
+    threads: int
+    resolution: int
+    objectives: tuple[str, ...]
+
+
 @dataclass
 class SearchSettings:
     """Everything ``search.run`` needs, already validated (see ``run_search.py``)."""
@@ -105,10 +122,10 @@ class SearchSettings:
     data_dir: str | None = None
     download: bool = False
     proxy: str = "default"
+    proxy_set: dict[str, Any] | None = None  # --proxy-set KEY=VALUE overrides of the preset
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "gflops"])  # the score first, then costs
     sampler: str = "nsga2"
     seed: int = 0
-    space_file: str | None = None
     space_spec: Any = None  # the parsed space file (kept verbatim so resume does not need the file)
     select: str = "knee"
     device: str = "auto"
@@ -147,6 +164,12 @@ class SearchSettings:
     def modes(self) -> list[str]:
         return objective_modes(self.objectives)
 
+    def for_trials(self) -> TrialSettings:
+        """What every trial of this search needs, frozen (the fidelity itself, not a preset to look up again)."""
+        return TrialSettings(dataset=self.dataset, data_dir=self.data_dir, fidelity=dict(self.fidelity or {}),
+                             seed=self.seed, device=self.device, threads=self.cpus_per_trial,
+                             resolution=self.resolution, objectives=tuple(self.objectives))
+
     # -- manifest --------------------------------------------------------------------------------------------
     def to_manifest(self) -> dict[str, Any]:
         d = asdict(self)
@@ -177,10 +200,3 @@ class SearchSettings:
         if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
             raise ValueError(f"{path} is not a search manifest of this version ({MANIFEST_VERSION})")
         return data
-
-    @classmethod
-    def from_manifest(cls, data: dict[str, Any], **overrides: Any) -> SearchSettings:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values.update(overrides)
-        return cls(**values)

@@ -19,6 +19,8 @@ import os
 import traceback
 from typing import Any
 
+from .settings import TrialSettings
+
 __all__ = ["FAULT_ENV", "TrialError", "release_freed_memory", "train_trial"]
 
 # Fault injection, for testing the failure and retry paths end to end with real trials: a comma-separated list of
@@ -70,10 +72,10 @@ class TrialError(RuntimeError):
         super().__init__(reason)
 
 
-def train_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Ray Tune function trainable. ``config``: what the searcher suggested (``arch``, ``trial_key``, ``number``,
-    ``reference``; ``attempt``, set by the driver on a retry); ``settings``: the search's fixed settings (dataset,
-    proxy preset, device, threads, ...)."""
+    ``reference``; ``replicate``; ``attempt``, set by the driver on a retry); ``settings``: the search's fixed
+    settings for trials (the fidelity, data, seed, device, threads, cost objectives)."""
     try:
         _train(config, settings)
     except Exception as e:
@@ -128,34 +130,34 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MESSAGES)
 
 
-def _train(config: dict[str, Any], settings: dict[str, Any]) -> None:
+def _train(config: dict[str, Any], settings: TrialSettings) -> None:
     import torch
     from ray import tune
 
     from evaluators.device import resolve_device
     from evaluators.flops import measure
-    from evaluators.proxy import fidelity, train_proxy
+    from evaluators.proxy import Fidelity, train_proxy
     from evaluators.scores import SCORES
     from space import ArchConfig
 
     from .replicates import replicate_seed
 
-    threads = int(settings.get("threads") or 1)
+    threads = int(settings.threads or 1)
     torch.set_num_threads(threads)
     arch = ArchConfig.from_dict(config["arch"]).validate()
-    device = resolve_device(settings.get("device", "auto"))
-    cost = measure(arch, resolution=settings["resolution"])
+    device = resolve_device(settings.device)
+    cost = measure(arch, resolution=settings.resolution)
     costs: dict[str, Any] = {"gflops": cost.gflops, "params": int(cost.params)}
-    if "latency_ms" in settings["objectives"]:
+    if "latency_ms" in settings.objectives:
         from evaluators.latency import measure_latency
 
-        costs["latency_ms"] = measure_latency(arch, resolution=settings["resolution"], device=device,
+        costs["latency_ms"] = measure_latency(arch, resolution=settings.resolution, device=device,
                                               threads=threads).median_ms
     attempt = int(config.get("attempt", 0))
-    seed = replicate_seed(int(settings["seed"]), int(config.get("replicate", 0)), attempt)
-    fid = fidelity(settings["proxy"], threads=threads)
+    seed = replicate_seed(int(settings.seed), int(config.get("replicate", 0)), attempt)
+    fid = Fidelity(**{**settings.fidelity, "threads": threads})
     fault = _inject_fault(config["trial_key"], attempt)
-    for ep in train_proxy(arch, settings["dataset"], settings.get("data_dir"), fid, seed, device):
+    for ep in train_proxy(arch, settings.dataset, settings.data_dir, fid, seed, device):
         if fault:
             _raise_fault(fault, ep.epoch)
         tune.report({

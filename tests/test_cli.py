@@ -297,6 +297,33 @@ def test_defaults_fill_the_machine_with_one_trial(out):
     assert not out.exists()
 
 
+def test_proxy_set_overrides_the_preset_and_is_kept_for_resume(capsys, out, existing):
+    args = run_search.build_parser().parse_args([*BASE, "--out", str(out), "--proxy-set", "lr=0.01",
+                                                 "--proxy-set", "score=loss", "--proxy-set", "epochs=3"])
+    settings = run_search.validate(args)
+    assert settings.proxy_set == {"lr": 0.01, "score": "loss", "epochs": 3}
+    assert (settings.fidelity["lr"], settings.fidelity["score"], settings.epochs) == (0.01, "loss", 3)
+    assert settings.objectives == ["loss", "gflops"]  # the preset's score, as overridden, ranks
+    trial = settings.for_trials()
+    assert trial.fidelity == settings.fidelity and trial.objectives == ("loss", "gflops")
+    _fails(capsys, [*BASE, "--out", str(out), "--proxy-set", "lrr=1"], "--proxy-set", "unknown fidelity setting",
+           out=out)
+    _fails(capsys, [*BASE, "--out", str(out), "--proxy-set", "lr=fast"], "lr takes float", out=out)
+    _fails(capsys, ["--resume", "--out", str(existing), "--proxy-set", "lr=0.5"], "--proxy-set", "conflicts",
+           out=existing)
+
+
+def test_the_parsers_name_lists_are_the_registries():
+    from evaluators.data import DATASETS
+    from evaluators.proxy import PRESETS
+    from search.samplers import SAMPLERS
+
+    parser = run_search.build_parser()
+    choices = {a.dest: tuple(a.choices) for a in parser._actions if a.choices}
+    assert choices["dataset"] == DATASETS and choices["proxy"] == tuple(PRESETS)
+    assert choices["sampler"] == SAMPLERS and run_search.PROXIES == tuple(PRESETS)
+
+
 # ------------------------------------------------------------------------------------------------ as a process
 
 
