@@ -36,10 +36,12 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from results.pareto import pareto_mask
+
 __all__ = ["ParetoASHAScheduler", "crowding_distance", "non_dominated_ranks", "promotes", "rung_milestones"]
 
 
-# ------------------------------------------------------------------------------------------ ranking (pure numpy)
+# ------------------------------------------------------------------------------------------------------ ranking
 
 
 def _as_loss(points: Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndarray:
@@ -52,26 +54,20 @@ def _as_loss(points: Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndar
 def non_dominated_ranks(points: Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndarray:
     """Front index (0 = non-dominated) of every point; ``modes`` is ``"max"`` or ``"min"`` per column.
 
-    NaN counts as the worst possible value, so a broken point never dominates anything.
+    Fronts are peeled with the results' own dominance test (:func:`results.pareto.pareto_mask`, Optuna's), so
+    "non-dominated" means the same at a rung as on the final front. NaN counts as the worst possible value, so a
+    broken point never dominates anything.
     """
     loss = _as_loss(points, modes)
-    loss = np.where(np.isnan(loss), np.inf, loss)
-    n = len(loss)
-    ranks = np.full(n, -1, dtype=int)
-    if n == 0:
-        return ranks
-    # dominates[i, j]: i is no worse than j everywhere and better somewhere.
-    le = (loss[:, None, :] <= loss[None, :, :]).all(axis=2)
-    lt = (loss[:, None, :] < loss[None, :, :]).any(axis=2)
-    dominates = le & lt
-    dominated_by = dominates.sum(axis=0)
+    big = np.finfo(float).max  # finite, so that the dominance test ranks it (as the worst value) like any other
+    loss = np.nan_to_num(loss, nan=big, posinf=big, neginf=-big)
+    ranks = np.full(len(loss), -1, dtype=int)
+    remaining = np.arange(len(loss))
     front = 0
-    remaining = np.ones(n, dtype=bool)
-    while remaining.any():
-        current = remaining & (dominated_by == 0)
-        ranks[current] = front
-        remaining &= ~current
-        dominated_by = dominated_by - dominates[current].sum(axis=0)
+    while remaining.size:
+        on_front = pareto_mask(loss[remaining], ["minimize"] * loss.shape[1])
+        ranks[remaining[on_front]] = front
+        remaining = remaining[~on_front]
         front += 1
     return ranks
 
