@@ -106,6 +106,10 @@ def build_record(
 class ParetoOptunaSearch(OptunaSearch):
     """OptunaSearch over a :class:`~space.SearchSpace`, multi-objective, with stopped trials told as PRUNED.
 
+    It is also the one adapter over Ray's ``OptunaSearch`` internals (``_ot_study``, ``_ot_trials``,
+    ``_completed_trials``: Ray offers no public access to the study it drives); everything else goes through the
+    properties and methods here.
+
     Args:
         space: the search space; ``space.suggest(optuna_trial)`` is the define-by-run function.
         ledger: the search's book (journal of launches, records, known configs).
@@ -158,6 +162,11 @@ class ParetoOptunaSearch(OptunaSearch):
     @property
     def study(self) -> optuna.Study:
         return self._ot_study
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the sampler kept proposing configs tried already (see :data:`MAX_DRAWS`)."""
+        return self._exhausted
 
     @property
     def launched(self) -> dict[str, Launch]:
@@ -238,29 +247,11 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def _tell_like(self, number: int, record: dict) -> None:
         """Tell Optuna trial ``number`` the outcome in ``record``."""
-        status = record["status"]
-        values = self._values(record) if status == "completed" else None
+        state, values = optuna_outcome(record, self._metric)
         try:
-            if values is not None:
-                self._ot_study.tell(number, values, state=TrialState.COMPLETE)
-            elif status == "stopped":
-                self._ot_study.tell(number, state=TrialState.PRUNED)
-            else:
-                self._ot_study.tell(number, state=TrialState.FAIL)
+            self._ot_study.tell(number, values, state=state)
         except (ValueError, RuntimeError) as e:  # told already (e.g. repaired on resume): nothing to do
             logger.debug("could not tell trial %s: %s", number, e)
-
-    def _values(self, record: dict) -> list[float] | None:
-        values = []
-        for metric in self._metric:
-            try:
-                v = float(record.get(metric))
-            except (TypeError, ValueError):
-                return None
-            if not math.isfinite(v):
-                return None
-            values.append(v)
-        return values
 
     # -- results ------------------------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -276,31 +267,31 @@ class ParetoOptunaSearch(OptunaSearch):
             return
         self._completed_trials.add(trial_id)
         self._exhausted = False  # something new is known: worth asking the sampler again
-        launch = self._launch_of[trial_id]
         if error:
-            # The record (with the error text) is written by the progress callback, which Ray calls next with the
-            # trial object; a kill in between only means the trial is run again on resume.
-            self.finish_unreported(trial_id, None, "failed", tell_only=True)
+            # Closed by record_failure, which the progress callback calls next with the reason Ray keeps on the
+            # trial object; a kill in between leaves neither record nor tell: the trial runs again on resume.
             return
         if result is not None and result.get(self._metric[0]) is not None:
             self.on_trial_result(trial_id, result)  # Ray does not pass the last result to on_trial_result
-        status, why = status_of(result, self._metric)
-        record = build_record(launch, result, status, why, self._curves.get(trial_id), self._metric[0])
+        self._close(trial_id, result, *status_of(result, self._metric))
+
+    def finish_unreported(self, trial_id: str, result: dict | None, status: str, error: str = "") -> None:
+        """Close a trial Ray ended without the usual notification (stopped by the time budget)."""
+        self._completed_trials.add(trial_id)
+        self._close(trial_id, result, status, error)
+
+    def record_failure(self, trial_id: str, result: dict | None, reason: str) -> None:
+        """Close a trial that failed in Ray, with the reason."""
+        if trial_id in self._launch_of:
+            self._close(trial_id, result, "failed", reason)
+
+    def _close(self, trial_id: str, result: dict | None, status: str, reason: str) -> None:
+        """The one end of a trial's life: its record is written (durably), then Optuna is told (a kill in between
+        leaves a record whose Optuna trial is RUNNING, which ``reconcile_study`` repairs from the record)."""
+        record = build_record(self._launch_of[trial_id], result, status, reason, self._curves.get(trial_id),
+                              self._metric[0])
         self._ledger.finish(record)
         self._tell(trial_id, record)
-
-    def finish_unreported(
-        self, trial_id: str, result: dict | None, status: str, error: str = "", tell_only: bool = False
-    ) -> dict | None:
-        """Close a trial Ray ended without (or before) the usual notification: failed, or stopped by the time
-        budget. Writes its record unless ``tell_only``; tells Optuna."""
-        self._completed_trials.add(trial_id)
-        launch = self._launch_of[trial_id]
-        record = build_record(launch, result, status, error, self._curves.get(trial_id), self._metric[0])
-        if not tell_only:
-            self._ledger.finish(record)
-        self._tell(trial_id, record)
-        return record
 
     def _tell(self, trial_id: str, record: dict) -> None:
         launch = self._launch_of[trial_id]
@@ -323,17 +314,7 @@ class ParetoOptunaSearch(OptunaSearch):
         """A trial cut off by Ctrl-C: not recorded (``--resume`` runs it again); the study learns it was cut off."""
         number = self._launch_of[trial_id].optuna_number
         if number is not None:
-            # Optuna has no public call to fail a trial another process may still hold; its storage does it.
-            frozen = self._ot_study.trials[number]
-            self._ot_study._storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
-            self._ot_study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
-
-    def record_failure(self, trial_id: str, result: dict | None, reason: str) -> None:
-        """Write the record of a trial that failed in Ray (Ray told this searcher first, which told Optuna)."""
-        launch = self._launch_of.get(trial_id)
-        if launch is not None:
-            self._ledger.finish(build_record(launch, result, "failed", reason, self._curves.get(trial_id),
-                                             self._metric[0]))
+            _force_state(self._ot_study, self._ot_study.trials[number], TrialState.FAIL, interrupted=True)
 
     @property
     def ledger(self) -> Ledger:
@@ -346,6 +327,34 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         raise NotImplementedError("resume with `run_search.py --resume --out DIR`, not Tuner.restore")
+
+
+#: trials.csv status -> what Optuna is told: the one table (see :func:`optuna_outcome`).
+STATE_OF = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}
+
+
+def optuna_outcome(record: dict, objectives: Sequence[str]) -> tuple[TrialState, list[float] | None]:
+    """The Optuna state (and values) of a record; a completed record without finite objectives is a FAIL."""
+    state = STATE_OF.get(record["status"], TrialState.FAIL)
+    if state != TrialState.COMPLETE:
+        return state, None
+    try:
+        values = [float(record.get(metric)) for metric in objectives]
+    except (TypeError, ValueError):
+        return TrialState.FAIL, None
+    return (state, values) if all(math.isfinite(v) for v in values) else (TrialState.FAIL, None)
+
+
+def _force_state(study: optuna.Study, frozen: optuna.trial.FrozenTrial, state: TrialState,
+                 values: list[float] | None = None, interrupted: bool = False) -> None:
+    """Set the state of a trial this process did not ask for (a session that was killed asked for it).
+
+    Optuna's public ``tell`` only closes trials of the asking process's ``ask``; its storage can set any trial, by
+    the storage's own trial id. Both are private names, so this is the one place that uses them."""
+    storage = study._storage
+    if interrupted:
+        storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
+    storage.set_trial_state_values(frozen._trial_id, state, values)
 
 
 def status_of(result: dict | None, metrics: Sequence[str]) -> tuple[str, str]:
@@ -372,21 +381,14 @@ def reconcile_study(study: optuna.Study, ledger: Ledger) -> dict[str, int]:
     by_number = {launch.optuna_number: launch for launch in ledger.launches.values()
                  if launch.optuna_number is not None}
     repaired = {"told_from_record": 0, "interrupted": 0}
-    storage = study._storage
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         launch = by_number.get(frozen.number)
         record = ledger.records.get(launch.trial_id) if launch is not None else None
         if record is not None and frozen.state == TrialState.RUNNING:
-            values = None
-            if record["status"] == "completed":
-                values = [float(record[m]) for m in _objectives_of(study, ledger)]
-            state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(record["status"],
-                                                                                     TrialState.FAIL)
-            storage.set_trial_state_values(frozen._trial_id, state, values if state == TrialState.COMPLETE else None)
+            _force_state(study, frozen, *optuna_outcome(record, _objectives_of(study, ledger)))
             repaired["told_from_record"] += 1
             continue
-        storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
-        storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        _force_state(study, frozen, TrialState.FAIL, interrupted=True)
         repaired["interrupted"] += 1
     return repaired
 

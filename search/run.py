@@ -222,7 +222,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
         counts=ledger.counts(),
         interrupted=stopper.interrupted,
         timed_out=stopper.timed_out,
-        exhausted=bool(searcher and searcher._exhausted),
+        exhausted=bool(searcher and searcher.exhausted),
         duplicates=searcher.duplicates if searcher else 0,
         replicate_counts=ledger.counts(replicates=True),
         noise=noise_line(seed_noise(ledger, settings.objectives[0])),

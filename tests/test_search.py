@@ -291,7 +291,10 @@ def test_failed_trials_are_told_fail_and_a_missing_result_is_not_complete(tmp_pa
     search = _searcher(tmp_path, SearchSpace("resnet18"))
     search.suggest("r0")
     search.suggest("r1")
-    search.on_trial_complete("r0", None, error=True)
+    search.on_trial_complete("r0", None, error=True)  # Ray tells the searcher first, then its callbacks
+    assert _state_of(search, "t0000") == optuna.trial.TrialState.RUNNING  # not told before it is recorded
+    search.record_failure("r0", None, "TrainingDiverged: boom")  # the progress callback, with the reason
+    assert search.ledger.records["t0000"]["error"] == "TrainingDiverged: boom"
     search.on_trial_complete("r1", {"epoch": 3, "epochs": 3, "accuracy": float("nan"), "gflops": 1.0})
     assert _state_of(search, "t0000") == optuna.trial.TrialState.FAIL
     assert _state_of(search, "t0001") == optuna.trial.TrialState.FAIL  # NaN objective: failed, not COMPLETE
