@@ -20,6 +20,7 @@ import pandas as pd
 from results.noise import Interval, verdict
 from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, parse_select_rule, select_best
 from results.replicates import config_means, paired_gain
+from results.schema import COMPLETED
 
 __all__ = ["Choice", "choose", "format_gain"]
 
@@ -43,7 +44,7 @@ def format_gain(diff: Interval, objective: str) -> str:
 
 
 def _reference_id(means: pd.DataFrame, name: str) -> str | None:
-    rows = means[(means["reference"].astype(str) == name) & (means["status"] == "completed")]
+    rows = means[(means["reference"].astype(str) == name) & (means["status"] == COMPLETED)]
     return str(rows["trial_id"].iloc[0]) if len(rows) else None
 
 

@@ -17,6 +17,7 @@ from results.choice import Choice, format_gain
 from results.io import atomic_write_text
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
 from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estimate
+from results.schema import COMPLETED
 from space import ArchConfig
 
 BEST_JSON = "best_config.json"
@@ -186,7 +187,7 @@ def best_config_markdown(
     best = choice.best
     quality = objectives[0]
     arch = ArchConfig.from_dict(json.loads(best["config_json"]))
-    plain = means[(means["reference"] == "baseline") & (means["status"] == "completed")]
+    plain = means[(means["reference"] == "baseline") & (means["status"] == COMPLETED)]
     base_gflops = float(plain["gflops"].iloc[0]) if len(plain) else math.nan
     replicates = int((df[REPLICATE_OF].astype(str) != "").sum()) if REPLICATE_OF in df.columns else 0
     trials = len(df) - replicates
@@ -216,7 +217,7 @@ def best_config_markdown(
         ref = means[means["reference"] == name]
         rows.append((label, ref.iloc[0] if len(ref) else None))
     for label, row in rows:
-        if row is None or row["status"] != "completed":
+        if row is None or row["status"] != COMPLETED:
             lines.append(f"| {label} | not completed | | | |")
             continue
         over = _fmt(100 * (float(row["gflops"]) / base_gflops - 1), "+.2f")

@@ -31,6 +31,21 @@ import pandas as pd
 
 from results.io import atomic_path, atomic_write_text
 from results.pareto import DEFAULT_OBJECTIVES, pareto_front
+from results.schema import (
+    CONFIG_JSON,
+    CORE_COLUMNS,
+    FLOAT_COLUMNS,
+    NUMERIC_STAGE_FIELDS,
+    PARETO_CSV,
+    STAGE_FIELDS,
+    STATUSES,
+    TEXT_COLUMNS,
+    TRIALS_CSV,
+    TRIALS_PARQUET,
+    flatten_stages,
+    stage_columns,
+    stage_field,
+)
 
 __all__ = [
     "CORE_COLUMNS",
@@ -45,75 +60,6 @@ __all__ = [
     "write_pareto",
     "write_trials",
 ]
-
-TRIALS_CSV = "trials.csv"
-TRIALS_PARQUET = "trials.parquet"
-PARETO_CSV = "pareto.csv"
-STATUSES: tuple[str, ...] = ("completed", "stopped", "failed")
-
-# Leading columns, in the order a reader scans them: who, how it ended, the objectives, how far it got, why it failed.
-_STR_CORE = ("trial_id", "status", "reference", "error")
-_FLOAT_CORE = ("accuracy", "gflops", "latency_ms", "fidelity", "epochs_done", "time_s")
-CORE_COLUMNS: tuple[str, ...] = (
-    "trial_id",
-    "number",
-    "status",
-    "reference",
-    "accuracy",
-    "gflops",
-    "params",
-    "latency_ms",
-    "fidelity",
-    "epochs_done",
-    "time_s",
-    "error",
-    "backbone",
-)
-CONFIG_JSON = "config_json"
-
-STAGE_FIELDS: tuple[str, ...] = ("attn", "position", "blocks", "groups", "kernels", "window", "heads", "gate", "pool")
-# Fields that mean something for any attention (where it sits), and those only SCSA has.
-_PLACEMENT_FIELDS = ("position", "blocks")
-_SCSA_FIELDS = ("groups", "kernels", "window", "heads", "gate", "pool")
-_NUMERIC_STAGE_FIELDS = ("groups", "window", "heads")
-_NO_ATTENTION = ("", "none")
-
-
-def stage_columns(n_stages: int) -> list[str]:
-    """Flattened stage column names ``s1_attn, s1_position, ..., sN_pool`` (stages are 1-based, as in papers)."""
-    return [f"s{i}_{field}" for i in range(1, n_stages + 1) for field in STAGE_FIELDS]
-
-
-def _join(value: Any) -> str:
-    # Lists such as kernels [3, 5, 7, 9] become "3-5-7-9": readable, one CSV cell, and a valid categorical value.
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return "-".join(_join(v) for v in value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _flatten_stages(config: Mapping[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    stages = config.get("stages") or []
-    for i, stage in enumerate(stages, start=1):
-        stage = stage or {}
-        attn = _join(stage.get("attn")) or "none"
-        flat[f"s{i}_attn"] = attn
-        has_attention = attn.lower() not in _NO_ATTENTION
-        is_scsa = attn.lower() == "scsa"
-        for field in STAGE_FIELDS[1:]:
-            relevant = (field in _PLACEMENT_FIELDS and has_attention) or (field in _SCSA_FIELDS and is_scsa)
-            value = stage.get(field) if relevant else None
-            if field in _NUMERIC_STAGE_FIELDS:
-                flat[f"s{i}_{field}"] = (
-                    value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-                )
-            else:
-                flat[f"s{i}_{field}"] = _join(value)
-    return flat
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -161,7 +107,7 @@ def trials_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         config = _config_dict(record.get("config"))
         row: dict[str, Any] = {k: record.get(k) for k in CORE_COLUMNS if k != "backbone"}
         row["backbone"] = config.get("backbone", "")
-        stages = _flatten_stages(config)
+        stages = flatten_stages(config)
         n_stages = max(n_stages, len(config.get("stages") or []))
         row.update(stages)
         for key, value in record.items():
@@ -180,13 +126,6 @@ def trials_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------------- dtypes
-
-
-def _stage_field(column: str) -> str | None:
-    head, sep, field = column.partition("_")
-    if sep and head[:1] == "s" and head[1:].isdigit() and field in STAGE_FIELDS:
-        return field
-    return None
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -220,16 +159,16 @@ def _apply_schema(df: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for column in df.columns:
         s = df[column]
-        field = _stage_field(column)
+        field = stage_field(column)
         if column == "number":
             out[column] = _as_number(s, integer=True).astype("int64")
         elif column == "params":
             out[column] = _as_number(s, integer=True)
-        elif column in _FLOAT_CORE:
+        elif column in FLOAT_COLUMNS:
             out[column] = _as_number(s, integer=False)
-        elif column in _STR_CORE or column in ("backbone", CONFIG_JSON):
+        elif column in TEXT_COLUMNS or column in ("backbone", CONFIG_JSON):
             out[column] = _as_text(s)
-        elif field in _NUMERIC_STAGE_FIELDS:
+        elif field in NUMERIC_STAGE_FIELDS:
             out[column] = _as_number(s, integer=None)
         elif field is not None:
             out[column] = _as_text(s)

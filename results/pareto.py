@@ -38,6 +38,8 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from results.schema import COMPLETED
+
 try:  # Optuna >= 4.0; private, hence the fallback below.
     from optuna.study._multi_objective import _is_pareto_front as _optuna_is_pareto_front
 except ImportError:  # pragma: no cover - depends on the installed Optuna
@@ -163,7 +165,7 @@ def _completed(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
     if missing:
         raise KeyError(f"objective column(s) {missing} not in the frame (columns: {list(df.columns)})")
     # A frame without a status column (e.g. hand-made) is taken as all completed.
-    rows = df if "status" not in df.columns else df[df["status"].astype("string").fillna("") == "completed"]
+    rows = df if "status" not in df.columns else df[df["status"].astype("string").fillna("") == COMPLETED]
     if rows.empty:
         return rows
     values = rows[list(objectives)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)

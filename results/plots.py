@@ -38,6 +38,7 @@ from results.pareto import (
     pareto_front,
 )
 from results.replicates import SEEDS, interval_column
+from results.schema import COMPLETED, FAILED, STOPPED, stage_numbers
 
 __all__ = ["param_importances", "plot_effects", "plot_hypervolume", "plot_pareto"]
 
@@ -69,7 +70,7 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 def _status(df: pd.DataFrame) -> pd.Series:
     if "status" not in df.columns:
-        return pd.Series("completed", index=df.index)
+        return pd.Series(COMPLETED, index=df.index)
     return df["status"].astype("string").fillna("")
 
 
@@ -129,9 +130,9 @@ def plot_pareto(
     y = objectives[0]
     scale, ylabel = _quality_scale(y)
     status = _status(df)
-    completed = _finite_xy(df[status == "completed"], "gflops", y)
-    stopped = _finite_xy(df[status == "stopped"], "gflops", y)
-    n_failed = int((status == "failed").sum())
+    completed = _finite_xy(df[status == COMPLETED], "gflops", y)
+    stopped = _finite_xy(df[status == STOPPED], "gflops", y)
+    n_failed = int((status == FAILED).sum())
 
     fig = _new_figure(8.0, 5.6)
     ax = fig.add_subplot()
@@ -261,7 +262,7 @@ def _mark_references(ax: Axes, df: pd.DataFrame, y: str = "accuracy",
             continue
         style = _REFERENCE_STYLE[kind]
         status = _status(rows)
-        suffix = "" if (status == "completed").all() else " (not completed)"
+        suffix = "" if (status == COMPLETED).all() else " (not completed)"
         ax.scatter(rows["gflops"], scale * rows[y], s=70, marker=style["marker"], color=style["color"],
                    edgecolors="white", linewidths=0.8, zorder=6, label=label + suffix)  # fmt: skip
         row = rows.iloc[0]
@@ -311,15 +312,6 @@ def plot_hypervolume(
 # ---------------------------------------------------------------------------------------------------- effects
 
 
-def _stage_numbers(df: pd.DataFrame) -> list[int]:
-    numbers = []
-    for column in df.columns:
-        head, _, field = column.partition("_")
-        if field == "attn" and head[:1] == "s" and head[1:].isdigit():
-            numbers.append(int(head[1:]))
-    return sorted(numbers)
-
-
 def _stage_choice(df: pd.DataFrame, stage: int) -> pd.Series:
     attn = df[f"s{stage}_attn"].astype("string").fillna("").replace("", "none")
     position_column = f"s{stage}_position"
@@ -344,10 +336,10 @@ def param_importances(df: pd.DataFrame, min_trials: int = 8) -> dict[str, float]
     except ImportError:  # pragma: no cover - optuna is a dependency
         return {}
     status = _status(df)
-    rows = df[(status == "completed") & pd.to_numeric(df.get("accuracy"), errors="coerce").notna()]
+    rows = df[(status == COMPLETED) & pd.to_numeric(df.get("accuracy"), errors="coerce").notna()]
     if len(rows) < min_trials:
         return {}
-    columns = [c for c in df.columns if c.partition("_")[0] in {f"s{i}" for i in _stage_numbers(df)}]
+    columns = [c for c in df.columns if c.partition("_")[0] in {f"s{i}" for i in stage_numbers(df.columns)}]
     choices: dict[str, list[str]] = {}
     for column in columns:
         values = sorted({str(v) for v in rows[column] if not pd.isna(v) and str(v) != ""})
@@ -391,9 +383,9 @@ def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importance: 
     ``importance`` and enough trials, a last panel shows the ``top_k`` PED-ANOVA importances from
     :func:`param_importances`.
     """
-    stages = _stage_numbers(df)
+    stages = stage_numbers(df.columns)
     status = _status(df)
-    rows = df[status == "completed"]
+    rows = df[status == COMPLETED]
     if "accuracy" in rows.columns:
         rows = rows[pd.to_numeric(rows["accuracy"], errors="coerce").notna()]
     else:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from results.noise import Interval, interval, paired_difference, pooled_sd
 from results.pareto import OBJECTIVE_DIRECTIONS, pareto_front
+from results.schema import COMPLETED
 
 __all__ = ["REPLICATE_OF", "SEEDS", "config_means", "finalists", "interval_column", "noise_estimate",
            "paired_gain", "seed_table"]
@@ -43,7 +44,7 @@ def _config_of(df: pd.DataFrame) -> pd.Series:
 
 
 def _completed_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    rows = df[df["status"] == "completed"].copy()
+    rows = df[df["status"] == COMPLETED].copy()
     rows["_config"] = _config_of(rows)
     return rows
 
@@ -73,7 +74,7 @@ def config_means(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
         column = first[objective] if objective in first.columns else None
         if column is not None and pd.api.types.is_float_dtype(column):
             means = pd.to_numeric(rows[objective], errors="coerce").groupby(rows["_config"]).mean()
-            done = first["status"] == "completed"
+            done = first["status"] == COMPLETED
             first.loc[done, objective] = ids[done].map(means).astype(float)
     halves = {c: interval(g).half for c, g in pd.to_numeric(rows[quality], errors="coerce").groupby(rows["_config"])}
     first[SEEDS] = ids.map(seeds).fillna(0).astype(int)
@@ -106,7 +107,7 @@ def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float) -> li
     config whose first objective is within ``band`` of the front at no more cost (``band``: an absolute
     difference in that objective's units, e.g. 2.8 seed sd for the difference of two single draws)."""
     quality, costs = objectives[0], list(objectives[1:])
-    done = means[means["status"] == "completed"]
+    done = means[means["status"] == COMPLETED]
     picked = list(done.loc[done["reference"].astype(str) != "", "trial_id"].astype(str))
     front = pareto_front(done, objectives)
     picked += list(front["trial_id"].astype(str))

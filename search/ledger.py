@@ -29,6 +29,7 @@ import pandas as pd
 
 from results.frame import read_trials
 from results.report import update as write_results
+from results.schema import COMPLETED, FAILED, STOPPED, is_stage_column
 from space import ArchConfig
 
 from .settings import JOURNAL
@@ -150,7 +151,7 @@ class Ledger:
 
     def counts(self, replicates: bool = False) -> dict[str, int]:
         """Finished trials (or, with ``replicates``, replicates) per status."""
-        counts = {"completed": 0, "stopped": 0, "failed": 0}
+        counts = {COMPLETED: 0, STOPPED: 0, FAILED: 0}
         for record in self.records.values():
             if bool(record.get("replicate_of")) == replicates:
                 counts[record["status"]] = counts.get(record["status"], 0) + 1
@@ -164,7 +165,7 @@ def _record_from_row(row: Mapping[str, Any]) -> dict:
         if key == "config_json":
             record["config"] = json.loads(value) if value else None
             continue
-        if key == "backbone" or (key[:1] == "s" and "_" in key and key.split("_", 1)[0][1:].isdigit()):
+        if key == "backbone" or is_stage_column(key):
             continue  # flattened views of the config, rebuilt from it on every write
         if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
             continue

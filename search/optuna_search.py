@@ -43,6 +43,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from evaluators.scores import SCORES
+from results.schema import COMPLETED, FAILED, STOPPED
 from space import ArchConfig, SearchSpace
 
 from .ledger import Launch, Ledger, trial_name
@@ -88,7 +89,7 @@ def build_record(
         "gflops": result.get("gflops"),
         "params": result.get("params"),
         "latency_ms": result.get("latency_ms"),
-        "fidelity": (epoch / epochs) if epoch is not None and epochs else (0.0 if status == "failed" else None),
+        "fidelity": (epoch / epochs) if epoch is not None and epochs else (0.0 if status == FAILED else None),
         "epochs_done": epoch if epoch is not None else 0,
         "time_s": result.get("time_total_s"),
         "error": error,
@@ -283,7 +284,7 @@ class ParetoOptunaSearch(OptunaSearch):
     def record_failure(self, trial_id: str, result: dict | None, reason: str) -> None:
         """Close a trial that failed in Ray, with the reason."""
         if trial_id in self._launch_of:
-            self._close(trial_id, result, "failed", reason)
+            self._close(trial_id, result, FAILED, reason)
 
     def _close(self, trial_id: str, result: dict | None, status: str, reason: str) -> None:
         """The one end of a trial's life: its record is written (durably), then Optuna is told (a kill in between
@@ -330,7 +331,7 @@ class ParetoOptunaSearch(OptunaSearch):
 
 
 #: trials.csv status -> what Optuna is told: the one table (see :func:`optuna_outcome`).
-STATE_OF = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}
+STATE_OF = {COMPLETED: TrialState.COMPLETE, STOPPED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 
 def optuna_outcome(record: dict, objectives: Sequence[str]) -> tuple[TrialState, list[float] | None]:
@@ -360,14 +361,14 @@ def _force_state(study: optuna.Study, frozen: optuna.trial.FrozenTrial, state: T
 def status_of(result: dict | None, metrics: Sequence[str]) -> tuple[str, str]:
     """``("completed" | "stopped" | "failed", reason)`` from a trial's last result."""
     if not result or result.get("epoch") is None:
-        return "failed", "ended without reporting a result"
+        return FAILED, "ended without reporting a result"
     missing = [m for m in metrics if result.get(m) is None]
     bad = [m for m in metrics if m not in missing and not math.isfinite(float(result[m]))]
     if missing or bad:
-        return "failed", f"objective {(missing + bad)[0]} missing or not finite in the last result"
+        return FAILED, f"objective {(missing + bad)[0]} missing or not finite in the last result"
     if result["epoch"] >= result.get("epochs", result["epoch"]):
-        return "completed", ""
-    return "stopped", f"stopped early at epoch {result['epoch']} of {result.get('epochs')}"
+        return COMPLETED, ""
+    return STOPPED, f"stopped early at epoch {result['epoch']} of {result.get('epochs')}"
 
 
 def reconcile_study(study: optuna.Study, ledger: Ledger) -> dict[str, int]:

@@ -22,6 +22,7 @@ from ray.tune.search import Searcher
 
 from results.frame import trials_frame
 from results.replicates import config_means, finalists, noise_estimate
+from results.schema import FAILED
 
 from .ledger import Launch, Ledger
 
@@ -110,7 +111,7 @@ class ReplicateSearch(Searcher):
 
         launch = self._launch_of.get(trial_id)
         if launch is not None:
-            self._ledger.finish(build_record(launch, result, "failed", reason))
+            self._ledger.finish(build_record(launch, result, FAILED, reason))
 
     def finish_unreported(self, trial_id: str, result: dict | None, status: str, error: str = "") -> None:
         """Close a replicate the time budget ended: recorded with what it reached (never part of a mean)."""

@@ -41,6 +41,7 @@ from typing import Any
 
 import optuna
 
+from results.schema import STOPPED
 from space import ArchConfig, SearchSpace
 
 from .cluster import init_ray
@@ -360,7 +361,7 @@ def _close_unfinished(searcher, progress, stopper, echo) -> None:
         last = progress.last_results.get(rid)
         why = "time budget reached" if stopper.timed_out else "search ended"
         when = f"after epoch {last['epoch']}" if last and last.get("epoch") else "before its first epoch"
-        searcher.finish_unreported(rid, last, "stopped", f"{why} {when}")
+        searcher.finish_unreported(rid, last, STOPPED, f"{why} {when}")
     if left and stopper.interrupted:
         echo(f"interrupted: {len(left)} running trial(s) not recorded; --resume runs them again")
 

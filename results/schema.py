@@ -1,0 +1,122 @@
+"""The one owner of the results' columns: their names, the statuses, and the per-stage view of a config.
+
+A trial record keeps its config verbatim (``config_json``, the source of truth) and flattened into readable
+per-stage columns ``s<i>_<field>`` (1-based stages, as in papers) for spreadsheets and plots. This module flattens
+a config into those columns (:func:`flatten_stages`) and reads the column names back (:func:`stage_field`,
+:func:`stage_numbers`); nothing else parses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "COMPLETED",
+    "CONFIG_JSON",
+    "CORE_COLUMNS",
+    "FAILED",
+    "FLOAT_COLUMNS",
+    "NUMERIC_STAGE_FIELDS",
+    "PARETO_CSV",
+    "STAGE_FIELDS",
+    "STATUSES",
+    "STOPPED",
+    "TRIALS_CSV",
+    "TEXT_COLUMNS",
+    "TRIALS_PARQUET",
+    "flatten_stages",
+    "is_stage_column",
+    "stage_columns",
+    "stage_field",
+    "stage_numbers",
+]
+
+TRIALS_CSV = "trials.csv"
+TRIALS_PARQUET = "trials.parquet"
+PARETO_CSV = "pareto.csv"
+COMPLETED, STOPPED, FAILED = "completed", "stopped", "failed"
+STATUSES: tuple[str, ...] = (COMPLETED, STOPPED, FAILED)
+
+# Leading columns, in the order a reader scans them: who, how it ended, the objectives, how far it got, why it failed.
+TEXT_COLUMNS = ("trial_id", "status", "reference", "error")
+FLOAT_COLUMNS = ("accuracy", "gflops", "latency_ms", "fidelity", "epochs_done", "time_s")
+CORE_COLUMNS: tuple[str, ...] = (
+    "trial_id",
+    "number",
+    "status",
+    "reference",
+    "accuracy",
+    "gflops",
+    "params",
+    "latency_ms",
+    "fidelity",
+    "epochs_done",
+    "time_s",
+    "error",
+    "backbone",
+)
+CONFIG_JSON = "config_json"
+
+STAGE_FIELDS: tuple[str, ...] = ("attn", "position", "blocks", "groups", "kernels", "window", "heads", "gate", "pool")
+# Fields that mean something for any attention (where it sits), and those only SCSA has.
+_PLACEMENT_FIELDS = ("position", "blocks")
+_SCSA_FIELDS = ("groups", "kernels", "window", "heads", "gate", "pool")
+NUMERIC_STAGE_FIELDS = ("groups", "window", "heads")
+_NO_ATTENTION = ("", "none")
+
+
+def stage_columns(n_stages: int) -> list[str]:
+    """Flattened stage column names ``s1_attn, s1_position, ..., sN_pool`` (stages are 1-based, as in papers)."""
+    return [f"s{i}_{field}" for i in range(1, n_stages + 1) for field in STAGE_FIELDS]
+
+
+def _join(value: Any) -> str:
+    # Lists such as kernels [3, 5, 7, 9] become "3-5-7-9": readable, one CSV cell, and a valid categorical value.
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "-".join(_join(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def flatten_stages(config: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    stages = config.get("stages") or []
+    for i, stage in enumerate(stages, start=1):
+        stage = stage or {}
+        attn = _join(stage.get("attn")) or "none"
+        flat[f"s{i}_attn"] = attn
+        has_attention = attn.lower() not in _NO_ATTENTION
+        is_scsa = attn.lower() == "scsa"
+        for field in STAGE_FIELDS[1:]:
+            relevant = (field in _PLACEMENT_FIELDS and has_attention) or (field in _SCSA_FIELDS and is_scsa)
+            value = stage.get(field) if relevant else None
+            if field in NUMERIC_STAGE_FIELDS:
+                flat[f"s{i}_{field}"] = (
+                    value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+                )
+            else:
+                flat[f"s{i}_{field}"] = _join(value)
+    return flat
+
+
+def stage_field(column: str) -> str | None:
+    """The stage field a ``s<i>_<field>`` column holds (``"attn"``, ``"kernels"``, ...), or None for other columns."""
+    head, sep, field = column.partition("_")
+    if sep and head[:1] == "s" and head[1:].isdigit() and field in STAGE_FIELDS:
+        return field
+    return None
+
+
+def is_stage_column(column: str) -> bool:
+    """Whether ``column`` is a flattened view of the config (``s<i>_<anything>``), rebuilt from it on every write."""
+    head, sep, _ = column.partition("_")
+    return bool(sep) and head[:1] == "s" and head[1:].isdigit()
+
+
+def stage_numbers(columns: Iterable[str]) -> list[int]:
+    """The 1-based stages that have an ``s<i>_attn`` column, in order."""
+    return sorted(int(c.partition("_")[0][1:]) for c in columns if stage_field(c) == "attn")
