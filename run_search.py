@@ -257,7 +257,7 @@ def validate(args: argparse.Namespace):
         check_sampler(values["sampler"], len(objectives))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    from results.pareto import parse_select_rule
+    from results.select import parse_select_rule
 
     try:
         parse_select_rule(values["select"])

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from results.pareto import parse_select_rule
 from results.report import render
+from results.select import parse_select_rule
 
 
 def main(argv: list[str] | None = None) -> int:

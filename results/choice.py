@@ -1,6 +1,6 @@
 """The chosen config and the evidence for it: gains over both references with their intervals, and a verdict.
 
-``--select`` picks a row from the per-config means (:func:`results.pareto.select_best`). A mean is not a
+``--select`` picks a row from the per-config means (:func:`results.select.select_best`). A mean is not a
 difference, though: the choice is compared with each reference seed by seed (paired, over the seeds both were
 trained with; see :mod:`results.replicates`), and stated as a mean gain ± its 95 % interval with a verdict,
 *better*, *worse* or *not distinguishable at this fidelity*. Where the rule picked a config that is not
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from results.noise import Interval, verdict
-from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, parse_select_rule, select_best
+from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS
 from results.replicates import config_means, paired_gain
 from results.schema import COMPLETED
+from results.select import parse_select_rule, select_best
 
 __all__ = ["Choice", "choose", "format_gain"]
 

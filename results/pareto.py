@@ -25,15 +25,11 @@ Example::
     {'error': 1.0, 'gflops': 4.4}
     >>> round(hypervolume(df, ["accuracy", "gflops"], ref), 6)  # (1 - 0.90) .. 1.0 by 4.0 .. 4.4; 4.5 is outside
     0.36
-    >>> select_best(df, ["accuracy", "gflops"], "max-accuracy-under:4.2").name
-    0
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,16 +52,14 @@ __all__ = [
     "OBJECTIVE_LABELS",
     "REFERENCE_LABELS",
     "REFERENCE_MARGIN",
-    "SELECT_RULES",
     "hypervolume",
     "hypervolume_history",
-    "knee_point",
     "loss_name",
     "pareto_front",
+    "completed_rows",
     "pareto_mask",
-    "parse_select_rule",
     "reference_point",
-    "select_best",
+    "to_loss",
 ]
 
 OBJECTIVE_DIRECTIONS: dict[str, str] = {
@@ -97,13 +91,6 @@ REFERENCE_ROWS: tuple[str, ...] = ("baseline", "paper_default")
 #: How results name the two reference configs.
 REFERENCE_LABELS: dict[str, str] = {"baseline": "plain backbone", "paper_default": "paper default (SCSA everywhere)"}
 REFERENCE_MARGIN = 1.1
-SELECT_RULES: tuple[str, ...] = ("knee", "max-accuracy", "max-accuracy-under", "min-gflops-over")
-_SELECT_RULE_FORMS = (
-    "knee | max-accuracy | max-accuracy-under:G (GFLOPs, e.g. max-accuracy-under:4.5) | "
-    "min-gflops-over:A (accuracy in [0,1] or percent, e.g. min-gflops-over:0.9)"
-)
-
-
 # --------------------------------------------------------------------------------------------------- dominance
 
 
@@ -160,7 +147,8 @@ def _is_pareto_front_numpy(loss: np.ndarray) -> np.ndarray:
     return on_front
 
 
-def _completed(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+def completed_rows(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """The completed rows of ``df`` with every objective a finite number (``ValueError`` naming a missing one)."""
     missing = [c for c in objectives if c not in df.columns]
     if missing:
         raise KeyError(f"objective column(s) {missing} not in the frame (columns: {list(df.columns)})")
@@ -185,7 +173,7 @@ def pareto_front(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVE
     Stopped and failed rows, and completed rows with a missing objective value, never enter. The original index is
     kept so a row can be traced back to ``df``. Ties in GFLOPs are ordered by accuracy descending.
     """
-    rows = _completed(df, objectives)
+    rows = completed_rows(df, objectives)
     if rows.empty:
         return rows.copy()
     values = rows[list(objectives)].to_numpy(dtype=float)
@@ -205,7 +193,8 @@ def loss_name(objective: str) -> str:
     return objective if OBJECTIVE_DIRECTIONS.get(objective, "minimize") == "minimize" else f"neg_{objective}"
 
 
-def _to_loss(values: np.ndarray, objectives: Sequence[str]) -> np.ndarray:
+def to_loss(values: np.ndarray, objectives: Sequence[str]) -> np.ndarray:
+    """Raw objective values turned into the minimisation space of hypervolumes (accuracy -> error)."""
     loss = np.array(values, dtype=float, copy=True)
     for j, (obj, direction) in enumerate(zip(objectives, _directions(objectives), strict=True)):
         if obj == "accuracy":
@@ -249,7 +238,7 @@ def reference_point(
 
 def _reference_point(df: pd.DataFrame, objectives: list[str], margin: float) -> dict[str, float]:
     dirs = _directions(objectives)
-    completed = _completed(df, objectives)
+    completed = completed_rows(df, objectives)
     if "reference" in df.columns:
         refs = df[df["reference"].astype("string").fillna("").isin(REFERENCE_ROWS)]
     else:
@@ -307,7 +296,7 @@ def hypervolume(
     """
     objectives = list(objectives)
     if isinstance(data, pd.DataFrame):
-        rows = _completed(data, objectives)
+        rows = completed_rows(data, objectives)
         raw = rows[objectives].to_numpy(dtype=float)
         if rows.empty:
             # The empty set has volume 0 whatever the reference point, even when none can be derived yet.
@@ -319,7 +308,7 @@ def hypervolume(
         if raw.ndim != 2 or raw.shape[1] != len(objectives):
             raise ValueError(f"points must have shape (n, {len(objectives)}), got {raw.shape}")
         raw = raw[np.all(np.isfinite(raw), axis=1)]
-    loss = _to_loss(raw, objectives)
+    loss = to_loss(raw, objectives)
     if reference_point is None:
         if loss.size == 0:
             return 0.0
@@ -376,14 +365,14 @@ def hypervolume_history(
     """
     objectives = list(objectives)
     if reference_point is None:
-        if _completed(df, objectives).empty:
+        if completed_rows(df, objectives).empty:
             # Early in a search (say the first trials failed) there is no volume yet and maybe no reference point.
             index = pd.Index(df["number"] if "number" in df.columns else range(len(df)), name="number")
             return pd.Series(0.0, index=index.sort_values(), name="hypervolume", dtype=float)
         reference_point = _reference_point(df, objectives, REFERENCE_MARGIN)
     ref = _reference_array(reference_point, objectives)
     ordered = df.sort_values("number", kind="mergesort") if "number" in df.columns else df
-    completed_index = set(_completed(ordered, objectives).index)
+    completed_index = set(completed_rows(ordered, objectives).index)
     numbers = ordered["number"].to_numpy() if "number" in ordered.columns else np.arange(len(ordered))
     front = np.empty((0, len(objectives)))
     current = 0.0
@@ -391,7 +380,7 @@ def hypervolume_history(
     for label in ordered.index:
         if label in completed_index:
             raw = ordered.loc[[label], objectives].to_numpy(dtype=float)
-            point = _to_loss(raw, objectives)
+            point = to_loss(raw, objectives)
             if np.all(point <= ref):
                 # Only the running front matters for the volume; keeping it small keeps this O(n * front).
                 front = np.vstack([front, point])
@@ -399,148 +388,3 @@ def hypervolume_history(
                 current = float(_compute_hypervolume(front, ref))
         out.append(current)
     return pd.Series(out, index=pd.Index(numbers, name="number"), name="hypervolume", dtype=float)
-
-
-# ------------------------------------------------------------------------------------------------------ choice
-
-
-def knee_point(front_df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> Hashable:
-    """Index label of the knee of a front (pass :func:`pareto_front`'s output).
-
-    Each objective is turned into a loss and min-max normalised to [0, 1] over the given rows (a constant
-    objective becomes 0), so GFLOPs and accuracy weigh the same whatever their units.
-
-    - 2 objectives: the point farthest from the straight line joining the two extremes (best accuracy, least
-      GFLOPs), on the side of the ideal point: where giving up a little of one objective buys the most of the other.
-      If no point lies on that side (a straight or concave front), the rule below is used instead.
-    - otherwise: the point closest (Euclidean) to the ideal point, the per-objective best, i.e. the origin.
-
-    Ties go to the earlier row, i.e. the cheaper one for a front sorted by GFLOPs.
-    """
-    objectives = list(objectives)
-    # The caller passes a front, so status is not re-checked: a hand-made front without a status column works too.
-    rows = _completed(front_df.drop(columns="status", errors="ignore"), objectives)
-    if rows.empty:
-        raise ValueError("knee_point needs at least one row with all objective values")
-    if len(rows) == 1:
-        return rows.index[0]
-    loss = _to_loss(rows[objectives].to_numpy(dtype=float), objectives)
-    lo, hi = loss.min(axis=0), loss.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    norm = (loss - lo) / span
-    closest_to_ideal = int(np.argmin(np.linalg.norm(norm, axis=1)))
-    if len(objectives) != 2:
-        return rows.index[closest_to_ideal]
-    # Extremes: best in objective 0 (ties -> best in 1), and best in objective 1 (ties -> best in 0).
-    a = norm[np.lexsort((norm[:, 1], norm[:, 0]))[0]]
-    b = norm[np.lexsort((norm[:, 0], norm[:, 1]))[0]]
-    chord = b - a
-    length = float(np.hypot(*chord))
-    if length == 0.0:
-        return rows.index[closest_to_ideal]
-    # 2-D cross product = signed distance x length; orient it so that the ideal point (origin) is positive.
-    cross = chord[0] * (norm[:, 1] - a[1]) - chord[1] * (norm[:, 0] - a[0])
-    ideal_side = chord[0] * (0.0 - a[1]) - chord[1] * (0.0 - a[0])
-    signed = cross * (1.0 if ideal_side >= 0 else -1.0) / length
-    best = int(np.argmax(signed))
-    if signed[best] <= 1e-12:
-        return rows.index[closest_to_ideal]
-    return rows.index[best]
-
-
-def parse_select_rule(text: str) -> tuple[str, float | None]:
-    """Parse a selection rule: ``knee``, ``max-accuracy``, ``max-accuracy-under G``, ``min-gflops-over A``.
-
-    The threshold may follow a space, ``:`` or ``=``. For ``min-gflops-over`` an accuracy above 1 is read as a
-    percentage and returned as a fraction (``90`` -> ``0.9``). Raises ``ValueError`` with the valid forms.
-
-    >>> parse_select_rule("max-accuracy-under:4.5")
-    ('max-accuracy-under', 4.5)
-    >>> parse_select_rule("min-gflops-over 92.5")
-    ('min-gflops-over', 0.925)
-    """
-
-    def fail(why: str) -> ValueError:
-        return ValueError(f"invalid selection rule {text!r} ({why}); valid forms: {_SELECT_RULE_FORMS}")
-
-    if not isinstance(text, str):
-        raise fail("not a string")
-    match = re.fullmatch(r"\s*([a-z][a-z-]*[a-z])\s*(?:[:=\s]\s*(\S+))?\s*", text.strip().lower())
-    if match is None:
-        raise fail("unrecognised")
-    name, arg = match.group(1), match.group(2)
-    if name not in SELECT_RULES:
-        raise fail(f"unknown rule {name!r}")
-    if name in ("knee", "max-accuracy"):
-        if arg is not None:
-            raise fail(f"{name} takes no value")
-        return name, None
-    if arg is None:
-        raise fail(f"{name} needs a value")
-    try:
-        value = float(arg)
-    except ValueError:
-        raise fail(f"{arg!r} is not a number") from None
-    if not math.isfinite(value):
-        raise fail(f"{arg!r} is not a finite number")
-    if name == "max-accuracy-under":
-        if value <= 0:
-            raise fail("the GFLOPs bound must be positive")
-        return name, value
-    if value > 1.0:
-        value /= 100.0
-    if not 0.0 <= value <= 1.0:
-        raise fail("the accuracy must be in [0, 1] or a percentage in (1, 100]")
-    return name, value
-
-
-def select_best(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES, rule: str = "knee") -> pd.Series:
-    """The completed row chosen by ``rule`` (see :func:`parse_select_rule`); its ``.name`` is the index label.
-
-    - ``knee``: :func:`knee_point` of the front under ``objectives``;
-    - ``max-accuracy``: highest accuracy;
-    - ``max-accuracy-under:G``: highest accuracy with ``gflops <= G``;
-    - ``min-gflops-over:A``: fewest GFLOPs with ``accuracy >= A``.
-
-    Accuracy ties go to fewer GFLOPs and GFLOPs ties to higher accuracy, then to the earlier trial. Raises
-    ``ValueError`` if the rule is invalid or no completed trial satisfies it.
-    """
-    name, value = parse_select_rule(rule)
-    objectives = list(objectives)
-    if not df.index.is_unique:
-        # The chosen row is reported by index label; with duplicate labels that would be ambiguous.
-        raise ValueError("select_best needs a frame with a unique index (use df.reset_index(drop=True))")
-    needed = objectives if name == "knee" else ["accuracy", "gflops"]
-    rows = _completed(df, needed)
-    if rows.empty:
-        raise ValueError(f"no completed trial with {', '.join(needed)} to select from (rule {rule!r})")
-    if name == "knee":
-        front = pareto_front(rows, objectives)
-        return front.loc[knee_point(front, objectives)].copy()
-
-    acc = pd.to_numeric(rows["accuracy"], errors="coerce").to_numpy(dtype=float)
-    gflops = pd.to_numeric(rows["gflops"], errors="coerce").to_numpy(dtype=float)
-    if name == "max-accuracy-under":
-        assert value is not None
-        keep = gflops <= value
-        if not keep.any():
-            raise ValueError(f"no completed trial has gflops <= {value:g} (the cheapest has {gflops.min():.4g})")
-    elif name == "min-gflops-over":
-        assert value is not None
-        keep = acc >= value
-        if not keep.any():
-            raise ValueError(f"no completed trial has accuracy >= {value:.4g} (the best has {acc.max():.4g})")
-    else:
-        keep = np.ones(len(rows), dtype=bool)
-    number = (
-        pd.to_numeric(rows["number"], errors="coerce").to_numpy(dtype=float)
-        if "number" in rows.columns
-        else np.arange(len(rows), dtype=float)
-    )
-    # np.lexsort sorts by the last key first.
-    if name == "min-gflops-over":
-        order = np.lexsort((number, -acc, gflops))
-    else:
-        order = np.lexsort((number, gflops, -acc))
-    position = next(int(i) for i in order if keep[i])
-    return rows.iloc[position].copy()

@@ -7,7 +7,7 @@ search runs. Files are written atomically (see :mod:`results.io`), so ``pareto.p
 Example::
 
     from results.frame import read_trials
-    from results.pareto import select_best
+    from results.select import select_best
     from results.plots import plot_pareto
 
     df = read_trials("runs/resnet50")
@@ -124,7 +124,7 @@ def plot_pareto(
     the front). The score/GFLOPs front of completed configs is drawn as a step line (best score reachable at each
     GFLOPs budget); with more than two ``objectives`` the configs on the full multi-objective front are ringed as
     well. The rows with ``reference`` ``"baseline"`` and ``"paper_default"`` get their own markers and labels, and
-    ``best`` (a row from :func:`results.pareto.select_best`, or an index label of ``df``) a star. A second GFLOPs
+    ``best`` (a row from :func:`results.select.select_best`, or an index label of ``df``) a star. A second GFLOPs
     scale on top reads in % over the plain backbone. Returns the path written.
     """
     y = objectives[0]

@@ -169,8 +169,9 @@ class ProgressCallback(Callback):
 
     def _front_and_best(self) -> str:
         from results.frame import trials_frame
-        from results.pareto import pareto_front, select_best
+        from results.pareto import pareto_front
         from results.replicates import config_means, noise_estimate
+        from results.select import select_best
 
         records = self.searcher.ledger.ordered_records()
         if not records:

@@ -18,8 +18,9 @@ from results.frame import (
     write_trials,
 )
 from results.io import atomic_path, atomic_write_bytes, atomic_write_text
-from results.pareto import hypervolume_history, reference_point, select_best
+from results.pareto import hypervolume_history, reference_point
 from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
+from results.select import select_best
 
 SCSA = {
     "attn": "scsa",

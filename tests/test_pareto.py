@@ -15,13 +15,11 @@ from results.pareto import (
     OBJECTIVE_DIRECTIONS,
     hypervolume,
     hypervolume_history,
-    knee_point,
     pareto_front,
     pareto_mask,
-    parse_select_rule,
     reference_point,
-    select_best,
 )
+from results.select import knee_point, parse_select_rule, select_best
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
