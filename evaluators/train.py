@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ import torch
 
 from space import ArchConfig
 
-from .proxy import EpochResult, Fidelity, ProxyRun, fidelity
+from .cli import Parser, UsageError, check_creatable, integer, positive_float, positive_int
+from .data import DATASETS
+from .proxy import EpochResult, Fidelity, ProxyRun, TrainingDiverged, fidelity
 
-__all__ = ["CHECKPOINT", "CheckpointError", "full_recipe", "train_full"]
+__all__ = ["CHECKPOINT", "CheckpointError", "full_recipe", "main", "train_full"]
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -101,3 +104,76 @@ def train_full(
     _atomic_save(metrics, out / "metrics.json")
     _atomic_save(arch.to_dict(), out / "arch.json")
     return metrics
+
+
+def main(argv: list[str]) -> int:
+    """``run_search.py train --config best_config.json --epochs N``: full training of an exported config."""
+    ap = Parser(prog="run_search.py train", description="Train an exported architecture with the full-training "
+                 "recipe (whole training split, crop + flip, AdamW, warm-up + cosine, label smoothing); a checkpoint "
+                 "every epoch, so running the same command again continues an interrupted training. Writes "
+                 "model.pth (state dict), metrics.json (val and test accuracy), arch.json.")
+    ap.add_argument("--config", required=True, help="best_config.json of a search (an ArchConfig)")
+    ap.add_argument("--dataset", default=DATASETS[0], choices=DATASETS)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--download", action="store_true")
+    ap.add_argument("--epochs", type=positive_int("--epochs"), default=30)
+    ap.add_argument("--resolution", type=positive_int("--resolution"), default=64, help="input px (default 64)")
+    ap.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
+    ap.add_argument("--lr", type=positive_float("AdamW learning rate"), default=2e-3)
+    ap.add_argument("--seed", type=integer, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="default: train-<backbone>-<dataset>")
+    try:
+        args = ap.parse_args(argv)
+        from evaluators.data import DatasetNotFoundError, check_dataset
+        from evaluators.device import resolve_device
+        from space.timm_models import load_arch
+
+        try:
+            raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise UsageError(f"cannot read --config {args.config}: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--config {args.config} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        try:
+            from space import ArchConfig
+
+            arch = ArchConfig.from_dict(raw).validate()
+            load_arch(arch, arch.backbone)
+            check_dataset(args.dataset, args.data_dir, args.download)
+            resolve_device(args.device)
+        except (ValueError, DatasetNotFoundError) as e:
+            raise UsageError(str(e).splitlines()[0]) from None
+        out = Path(args.out or f"train-{arch.backbone}-{args.dataset}")
+        if (out / "model.pth").exists():
+            raise UsageError(f"{out} already holds a trained model.pth; choose another --out")
+        if out.exists() and not (out / CHECKPOINT).exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {out} exists and is neither empty nor an interrupted training; choose another")
+        check_creatable(out)
+    except UsageError as e:
+        print(f"run_search.py train: error: {e}", file=sys.stderr)
+        return 2
+    def started(run) -> None:
+        again = f", continuing after epoch {run.epoch} ({out / CHECKPOINT})" if run.epoch else ""
+        print(f"training {arch.describe()}: {run.train_images} images per epoch at {run.fidelity.resolution} px, "
+              f"{run.fidelity.epochs} epoch(s), batch {run.fidelity.batch_size}, {run.device}{again}", flush=True)
+
+    def show(r) -> None:
+        print(f"epoch {r.epoch}/{r.epochs}: val accuracy {100 * r.accuracy:.2f}%, train loss {r.loss:.4f}, "
+              f"{r.time_s:.0f}s", flush=True)
+
+    try:
+        metrics = train_full(arch, out, epochs=args.epochs, dataset=args.dataset, data_dir=args.data_dir,
+                             resolution=args.resolution, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             device=args.device, download=args.download, on_epoch=show, on_start=started)
+    except CheckpointError as e:
+        print(f"run_search.py train: error: {e}; choose another --out", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"run_search.py train: {e}; try a lower --lr", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; the last finished epoch is in {out / CHECKPOINT}: run the same command to continue")
+        return 130
+    print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%; wrote {out}/model.pth, metrics.json, arch.json")
+    return 0

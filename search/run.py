@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,33 +47,14 @@ from space import ArchConfig, SearchSpace
 from .cluster import init_ray
 from .ledger import Ledger
 from .optuna_search import Forced, ParetoOptunaSearch, curve_key, reconcile_study
+from .outcome import SearchOutcome
 from .samplers import make_sampler, session_seed
 from .settings import STUDY_DB, STUDY_NAME, SearchSettings
 
-__all__ = ["MAX_RESTARTS", "SearchOutcome", "lost_worker", "plan_forced", "run"]
+__all__ = ["MAX_RESTARTS", "lost_worker", "plan_forced", "run"]
 
 MAX_RESTARTS = 3
 
-
-
-@dataclass
-class SearchOutcome:
-    """What a session did and where its results are."""
-
-    out: Path
-    launched_total: int
-    budget: int
-    counts: dict[str, int]
-    interrupted: bool = False
-    timed_out: bool = False
-    exhausted: bool = False
-    duplicates: int = 0
-    replicate_counts: dict[str, int] = field(default_factory=dict)
-    noise: str = ""
-    note: str = ""  # why the choice differs from what the --select rule picked (results.choice)
-    written: dict[str, Any] = field(default_factory=dict)
-    best: Any = None
-    reason: str = ""
 
 
 def plan_forced(settings: SearchSettings, ledger: Ledger) -> tuple[list[Forced], int]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import run_search
+from search.configure import default_out
 from space import ArchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +294,7 @@ def test_defaults_fill_the_machine_with_one_trial(out):
     assert settings("--cpus-per-trial", "1").max_concurrent == cores
     assert settings("--objectives", "accuracy,latency").objectives == ["accuracy", "latency_ms"]
     assert not settings("--no-early-stopping").early_stopping
-    assert run_search._default_out("resnet50", "cifar10", "fast") == Path("runs/resnet50-cifar10-fast")
+    assert default_out("resnet50", "cifar10", "fast") == Path("runs/resnet50-cifar10-fast")
     assert not out.exists()
 
 
