@@ -321,67 +321,40 @@ def _stage_choice(df: pd.DataFrame, stage: int) -> pd.Series:
     return attn.where((attn == "none") | (position == ""), attn + " @ " + position)
 
 
-def param_importances(df: pd.DataFrame, min_trials: int = 8) -> dict[str, float]:
-    """Optuna's PED-ANOVA importance of each flattened stage column for accuracy, or {} if not computable.
+def param_importances(study_db: str | os.PathLike[str], min_trials: int = 8) -> dict[str, float]:
+    """Optuna's PED-ANOVA importance of each search parameter (``s<i>_attn``, ``s<i>_kernel_start``, ...) for the
+    first objective, from the search's own study (``study.db``), or {} if not computable.
 
-    Rebuilds an in-memory single-objective Optuna study from the completed rows (each non-empty ``s{i}_{field}``
-    value as a categorical parameter, so conditional SCSA fields stay conditional) and calls
-    ``optuna.importance.get_param_importances`` with its default evaluator (PED-ANOVA in Optuna 5, which needs no
-    scikit-learn, unlike fANOVA). Returns {} with fewer than ``min_trials`` completed trials or on any failure:
-    importances are a nice-to-have and must never break writing results.
+    The study holds the parameters exactly as the sampler drew them (conditional ones only where they applied), so
+    nothing is rebuilt from ``trials.csv``. PED-ANOVA (Optuna 5's default evaluator) needs no scikit-learn and ranks
+    by low target values, so a maximised objective is negated. Returns {} with fewer than ``min_trials`` completed
+    trials or on any failure: importances are a nice-to-have and must never break writing results.
     """
+    import optuna
+
     try:
-        import optuna
-        from optuna.distributions import CategoricalDistribution
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        return {}
-    status = _status(df)
-    rows = df[(status == COMPLETED) & pd.to_numeric(df.get("accuracy"), errors="coerce").notna()]
-    if len(rows) < min_trials:
-        return {}
-    columns = [c for c in df.columns if c.partition("_")[0] in {f"s{i}" for i in stage_numbers(df.columns)}]
-    choices: dict[str, list[str]] = {}
-    for column in columns:
-        values = sorted({str(v) for v in rows[column] if not pd.isna(v) and str(v) != ""})
-        if len(values) >= 2:  # a constant parameter cannot explain anything
-            choices[column] = values
-    if not choices:
-        return {}
-    distributions = {c: CategoricalDistribution(v) for c, v in choices.items()}
-    # create_study logs "A new study created in memory" at INFO, noise in a search log; Optuna has no per-call
-    # switch, so lower its verbosity for this call only.
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(direction="maximize")
-        trials = []
-        for _, row in rows.iterrows():
-            params = {c: str(row[c]) for c in choices if not pd.isna(row[c]) and str(row[c]) != ""}
-            trials.append(
-                optuna.trial.create_trial(
-                    value=float(row["accuracy"]), params=params, distributions={c: distributions[c] for c in params}
-                )
-            )
-        study.add_trials(trials)
+        study = optuna.load_study(study_name=None, storage=f"sqlite:///{Path(study_db).resolve()}")
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(complete) < min_trials:
+            return {}
+        sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
         with warnings.catch_warnings():
             # Small studies make PED-ANOVA warn about its quantiles; the panel is labelled as indicative anyway.
             warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(study))
+            return dict(optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0]))
     except Exception as exc:  # see docstring: a diagnostic must never break a run
         logger.info("parameter importances skipped: %s", exc)
         return {}
-    finally:
-        optuna.logging.set_verbosity(verbosity)
 
 
-def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importance: bool = True, top_k: int = 12) -> Path:
+def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importances: Mapping[str, float] | None = None,
+                 top_k: int = 12) -> Path:
     """Per-stage effect of the attention choice on proxy accuracy, one panel per stage. Returns the path written.
 
     Each panel groups the completed trials by that stage's attention and position (e.g. ``scsa @ mid``): a
     horizontal box per group (horizontal so that long group names stay readable) with the trials jittered on top
     and the group size in the label. Stage panels share the accuracy axis so they can be compared. With
-    ``importance`` and enough trials, a last panel shows the ``top_k`` PED-ANOVA importances from
-    :func:`param_importances`.
+    ``importances`` (from :func:`param_importances`), a last panel shows the ``top_k`` of them.
     """
     stages = stage_numbers(df.columns)
     status = _status(df)
@@ -390,7 +363,7 @@ def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importance: 
         rows = rows[pd.to_numeric(rows["accuracy"], errors="coerce").notna()]
     else:
         rows = rows.iloc[:0]
-    importances = param_importances(df) if importance else {}
+    importances = dict(importances or {})
     n_panels = max(1, len(stages) + (1 if importances else 0))
     ncols = min(3, n_panels)
     nrows = int(np.ceil(n_panels / ncols))

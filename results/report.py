@@ -16,13 +16,14 @@ from results.choice import choose
 from results.export import export_best
 from results.frame import read_trials, trials_frame, write_pareto, write_trials
 from results.pareto import hypervolume_history, reference_point
-from results.plots import plot_effects, plot_hypervolume, plot_pareto
+from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
 from results.replicates import config_means
 from results.tensorboard import TENSORBOARD_DIR, write_search_run
 
 PARETO_PNG = "pareto.png"
 HYPERVOLUME_PNG = "hypervolume.png"
 EFFECTS_PNG = "effects.png"
+STUDY_DB = "study.db"  # the search writes it (search.settings.STUDY_DB); results only read it
 
 
 def update(out_dir: str | os.PathLike[str], records: Iterable[Mapping], objectives: Sequence[str]) -> pd.DataFrame:
@@ -83,7 +84,8 @@ def finalize(
         written["hypervolume.png"] = plot_hypervolume(history, out / HYPERVOLUME_PNG, reference_point=ref)
         written["reference_point"] = ref
         written["tensorboard"] = out / TENSORBOARD_DIR
-    written["effects.png"] = plot_effects(means, out / EFFECTS_PNG)
+    importances = param_importances(out / STUDY_DB) if (out / STUDY_DB).is_file() else {}
+    written["effects.png"] = plot_effects(means, out / EFFECTS_PNG, importances=importances)
     if choice is not None:
         written.update(export_best(out, choice, df, means, objectives, select, resolution=resolution,
                                    dataset=dataset, num_classes=num_classes))

@@ -142,14 +142,12 @@ def _search(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str
     except (DatasetNotFoundError, ValueError, OSError) as e:
         raise UsageError(f"dataset {values['dataset']}: {e}") from None
     budget = int(values["budget"])
-    storage = values.get("storage")
     return dict(
         budget=budget, dataset=values["dataset"], data_dir=data_dir, download=bool(args.download),
         proxy=values["proxy"], proxy_set=proxy_set or None, objectives=objectives, sampler=values["sampler"],
         seed=int(values["seed"]), select=values["select"], device=values["device"],
         time_budget_min=values.get("time_budget_min"), address=values.get("address"),
-        # Ray takes a URI as it is, a path made absolute (trials run in other directories).
-        storage=None if not storage else storage if "://" in storage else str(Path(storage).expanduser().resolve()),
+        storage=values.get("storage") or None,  # made absolute where Ray needs it (SearchSettings.storage_path)
         early_stopping=bool(values["early_stopping"]), grace_period=int(values["grace_period"]),
         reduction_factor=int(values["reduction_factor"]), retries=int(values["retries"]),
         replicates=int(values["replicates"]),

@@ -221,9 +221,22 @@ def test_plots_survive_degenerate_frames(tmp_path: Path) -> None:
         assert _is_png(plot_hypervolume(pd.Series(dtype=float), tmp_path / f"h{i}.png"))
 
 
-def test_param_importances() -> None:
-    df = trials_frame(_records(40))
-    importances = param_importances(df)
+def test_param_importances_come_from_the_study(tmp_path: Path) -> None:
+    import optuna
+
+    from space import SearchSpace
+
+    space, db = SearchSpace("resnet18"), tmp_path / "study.db"
+    study = optuna.create_study(study_name="scsa-search", storage=f"sqlite:///{db}",
+                                directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    rng = np.random.default_rng(0)
+    for _ in range(80):
+        trial = study.ask()
+        arch = space.suggest(trial)
+        # stage 1's attention decides the score here: it must come out on top
+        study.tell(trial, [0.5 + 0.3 * (arch.stages[0].attn == "none") + 0.01 * rng.random(), 1.8])
+    importances = param_importances(db)
     assert importances and all(k.startswith("s") for k in importances)
+    assert max(importances, key=importances.get) == "s1_attn"
     assert sum(importances.values()) == pytest.approx(1.0)
-    assert param_importances(df.iloc[:3]) == {}
+    assert param_importances(db, min_trials=81) == {} and param_importances(tmp_path / "missing.db") == {}
