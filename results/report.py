@@ -18,12 +18,12 @@ from results.frame import read_trials, trials_frame, write_pareto, write_trials
 from results.pareto import hypervolume_history, reference_point
 from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
 from results.replicates import config_means
+from results.schema import STUDY_DB
 from results.tensorboard import TENSORBOARD_DIR, write_search_run
 
 PARETO_PNG = "pareto.png"
 HYPERVOLUME_PNG = "hypervolume.png"
 EFFECTS_PNG = "effects.png"
-STUDY_DB = "study.db"  # the search writes it (search.settings.STUDY_DB); results only read it
 
 
 def update(out_dir: str | os.PathLike[str], records: Iterable[Mapping], objectives: Sequence[str]) -> pd.DataFrame:

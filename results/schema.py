@@ -22,6 +22,7 @@ __all__ = [
     "STAGE_FIELDS",
     "STATUSES",
     "STOPPED",
+    "STUDY_DB",
     "TRIALS_CSV",
     "TEXT_COLUMNS",
     "TRIALS_PARQUET",
@@ -35,6 +36,7 @@ __all__ = [
 TRIALS_CSV = "trials.csv"
 TRIALS_PARQUET = "trials.parquet"
 PARETO_CSV = "pareto.csv"
+STUDY_DB = "study.db"  # the Optuna study the search writes and the results read
 COMPLETED, STOPPED, FAILED = "completed", "stopped", "failed"
 STATUSES: tuple[str, ...] = (COMPLETED, STOPPED, FAILED)
 

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from results.io import atomic_write_text
+from results.schema import STUDY_DB
 
 __all__ = [
     "MANIFEST",
+    "STUDY_DB",
     "COST_COLUMNS",
     "SCORE",
     "SEARCH_DEFINING",
@@ -31,7 +33,6 @@ __all__ = [
 ]
 
 MANIFEST = "search.json"
-STUDY_DB = "study.db"
 JOURNAL = "launched.jsonl"
 STUDY_NAME = "scsa-search"
 MANIFEST_VERSION = 1
