@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from results.export import NUM_CLASSES
 from results.report import render
 from results.select import parse_select_rule
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     written = render(out, objectives, select, resolution=manifest.get("resolution", 224),
-                     dataset=manifest.get("dataset", "fashion-mnist"), num_classes=manifest.get("num_classes", 1000))
+                     dataset=manifest.get("dataset", "fashion-mnist"), num_classes=manifest.get("num_classes", NUM_CLASSES))
     for name, value in written.items():
         if isinstance(value, Path):
             print(f"{name:>16}: {value}")

@@ -20,6 +20,8 @@ from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estim
 from results.schema import COMPLETED
 from space import ArchConfig
 
+#: Classes of an exported model where the search does not say (ImageNet's: the authors' mmpretrain configs).
+NUM_CLASSES = 1000
 BEST_JSON = "best_config.json"
 BEST_MD = "best_config.md"
 MMPRETRAIN_PY = "best_config_mmpretrain.py"
@@ -73,7 +75,7 @@ def mmpretrain_limits(arch: ArchConfig) -> list[str]:
     return reasons
 
 
-def mmpretrain_config(arch: ArchConfig, num_classes: int = 1000) -> str:
+def mmpretrain_config(arch: ArchConfig, num_classes: int = NUM_CLASSES) -> str:
     """An mmpretrain-style config (Python source) for ``arch`` with the authors' keys.
 
     Where their ``ResNetSCSA`` / ``MobileNetV2SCSA`` can express ``arch`` exactly, the config is a drop-in for their
@@ -132,13 +134,13 @@ def mmpretrain_config(arch: ArchConfig, num_classes: int = 1000) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_mmpretrain(out_dir: str | os.PathLike[str], arch: ArchConfig, num_classes: int = 1000) -> Path:
+def write_mmpretrain(out_dir: str | os.PathLike[str], arch: ArchConfig, num_classes: int = NUM_CLASSES) -> Path:
     path = Path(out_dir) / MMPRETRAIN_PY
     atomic_write_text(path, mmpretrain_config(arch, num_classes))
     return path
 
 
-def timm_one_liner(arch: ArchConfig, config_path: str = BEST_JSON, num_classes: int = 1000) -> str:
+def timm_one_liner(arch: ArchConfig, config_path: str = BEST_JSON, num_classes: int = NUM_CLASSES) -> str:
     """A shell one-liner that builds the architecture through ``timm.create_model``."""
     return (
         f"python -c \"import space.timm_models, timm; m = timm.create_model('scsa_{arch.backbone}', "
@@ -180,7 +182,7 @@ def best_config_markdown(
     *,
     resolution: int = 224,
     dataset: str = "fashion-mnist",
-    num_classes: int = 1000,
+    num_classes: int = NUM_CLASSES,
 ) -> str:
     """``best_config.md``: what was chosen, by which rule, its objectives (means over seeds, with intervals), and
     how it compares with both references: paired gains with 95 % intervals and a verdict."""
@@ -266,7 +268,7 @@ def export_best(
     *,
     resolution: int = 224,
     dataset: str = "fashion-mnist",
-    num_classes: int = 1000,
+    num_classes: int = NUM_CLASSES,
 ) -> dict[str, Path]:
     """Write ``best_config.json``, ``best_config.md`` and the mmpretrain config for the chosen config."""
     arch = ArchConfig.from_dict(json.loads(choice.best["config_json"]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from results.choice import choose
-from results.export import export_best
+from results.export import NUM_CLASSES, export_best
 from results.frame import read_trials, trials_frame, write_pareto, write_trials
 from results.pareto import hypervolume_history, reference_point
 from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
@@ -58,7 +58,7 @@ def finalize(
     *,
     resolution: int = 224,
     dataset: str = "fashion-mnist",
-    num_classes: int = 1000,
+    num_classes: int = NUM_CLASSES,
 ) -> dict[str, object]:
     """Frames, plots and the export of the chosen architecture. Returns the paths written and the chosen row
     (``best`` is ``None`` with a ``reason`` when no completed trial satisfies ``select``). Fronts, plots and the
