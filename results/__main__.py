@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     written = render(out, objectives, select, resolution=manifest.get("resolution", 224),
-                     dataset=manifest.get("dataset", "fashion-mnist"), num_classes=manifest.get("num_classes", NUM_CLASSES))
+                     dataset=manifest.get("dataset", "fashion-mnist"),
+                     num_classes=manifest.get("num_classes", NUM_CLASSES))
     for name, value in written.items():
         if isinstance(value, Path):
             print(f"{name:>16}: {value}")
