@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_search import FASHION, ROOT, _non_dominated, _rows, _run
+from test_search_e2e import FASHION, ROOT, _non_dominated, _rows, _run
 
 
 @pytest.mark.slow
