@@ -1,0 +1,144 @@
+"""The statistics of ``bench/proxy_fidelity.py``: rank correlations with the long run, the ablation table, claim
+precision of replicated comparisons, and what one rung of the multi-objective ASHA does to configs within the
+noise band of the best."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+
+import pandas as pd
+
+from evaluators.scores import SCORES
+from results.noise import paired_difference, pooled_sd, verdict
+from results.pareto import OBJECTIVE_DIRECTIONS
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    return x.rank().corr(y.rank())
+
+
+def kendall_tau_b(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties handled); written out because pandas needs SciPy for it, which is not required."""
+    conc = disc = tx = ty = 0
+    for i, j in combinations(range(len(x)), 2):
+        dx, dy = x[i] - x[j], y[i] - y[j]
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tx += 1
+        elif dy == 0:
+            ty += 1
+        elif (dx > 0) == (dy > 0):
+            conc += 1
+        else:
+            disc += 1
+    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return (conc - disc) / denom if denom else float("nan")
+
+
+def signed(values: pd.Series, score: str) -> pd.Series:
+    """Scores turned so that larger is better (losses negated)."""
+    return values if OBJECTIVE_DIRECTIONS[score] == "maximize" else -values
+
+
+def replicate_draws(df: pd.DataFrame, variant: str, score: str, k: int = 1) -> dict[int, pd.Series]:
+    """Per draw (one trial of the variant: ``k`` seeds averaged), the score of every config."""
+    rows = df[(df.kind == "proxy") & (df.variant == variant)]
+    draws = {}
+    for draw, part in rows.groupby(rows.seed.astype(int) // k):
+        per_config = part.groupby("config")[score].agg(["mean", "count"])
+        draws[draw] = per_config["mean"][per_config["count"] == k]
+    return draws
+
+
+def long_reference(df: pd.DataFrame) -> tuple[pd.Series, float]:
+    """Mean long-run accuracy per config, and the long run's own seed-0 vs seed-1 Spearman."""
+    long = df[df.kind == "long"]
+    by_seed = long.pivot_table(index="config", columns="seed", values="accuracy")
+    ceiling = spearman(by_seed[0], by_seed[1]) if {0, 1} <= set(by_seed.columns) else float("nan")
+    if {0, 1} <= set(by_seed.columns):
+        both = by_seed[[0, 1]].dropna()
+        ceiling = spearman(both[0], both[1]) if len(both) >= 3 else float("nan")
+    return long.groupby("config").accuracy.mean(), ceiling
+
+
+def ablation(df: pd.DataFrame, long: pd.Series, variants: dict[str, tuple[str, int]]) -> pd.DataFrame:
+    """One row per variant x score: mean Spearman and Kendall of a single trial's score with the long-run mean
+    (averaged over draws), the number of draws and configs, and CPU seconds per trial. ``variants``: name ->
+    (knob, seeds averaged per trial)."""
+    rows = []
+    for variant in [v for v in variants if v in set(df.variant)]:
+        knob, k = variants[variant]
+        cpu = df[(df.kind == "proxy") & (df.variant == variant)].groupby(df.seed.astype(int)).cpu_s.mean().mean()
+        cpu *= k
+        for score in SCORES:
+            rhos, taus, n = [], [], 0
+            for s in replicate_draws(df, variant, score, k).values():
+                common = long.index.intersection(s.dropna().index)
+                if len(common) < 4:
+                    continue
+                a, b = signed(s[common], score), long[common]
+                rhos.append(spearman(a, b))
+                taus.append(kendall_tau_b(list(a), list(b)))
+                n = len(common)
+            if rhos:
+                rows.append({"variant": variant, "knob": knob, "score": score,
+                             "rho": sum(rhos) / len(rhos), "rho_min": min(rhos), "rho_max": max(rhos),
+                             "tau": sum(taus) / len(taus), "draws": len(rhos), "configs": n, "cpu_s": cpu})
+    return pd.DataFrame(rows)
+
+
+def claim_precision(df: pd.DataFrame, long: pd.Series, variant: str, score: str) -> tuple[int, int, int]:
+    """Pairs of configs that the replicated comparison (paired seeds, 95 % interval) calls different, how many of
+    those the long run orders the same way, and how many pairs were compared."""
+    rows = df[(df.kind == "proxy") & (df.variant == variant)]
+    table = rows.pivot_table(index="config", columns="seed", values=score)
+    called = agree = pairs = 0
+    for a, b in combinations([c for c in table.index if c in long.index], 2):
+        both = table.loc[[a, b]].dropna(axis=1)
+        if both.shape[1] < 2:
+            continue
+        pairs += 1
+        diff = paired_difference(list(both.loc[a]), list(both.loc[b]))
+        v = verdict(diff, OBJECTIVE_DIRECTIONS[score])
+        if v == "not distinguishable":
+            continue
+        called += 1
+        agree += (v == "better") == (long[a] > long[b])
+    return called, agree, pairs
+
+
+def early_stopping_check(df: pd.DataFrame, variant: str, score: str, eta: int = 3,
+                         orders: int = 20) -> tuple[float, int, int]:
+    """Rung 1 of the multi-objective ASHA (``search.scheduler.promotes``: epoch-1 score and GFLOPs, the top 1/eta
+    by non-dominated rank among the trials already at the rung), replayed over the configs of each draw in
+    ``orders`` random arrival orders: the mean number of configs stopped whose final mean lies within the noise band
+    of the best (2 pooled seed sd), the number of configs in that band, and the number of draws."""
+    import random
+
+    from search.scheduler import promotes
+
+    rows = df[(df.kind == "proxy") & (df.variant == variant)]
+    gflops = df[df.kind == "zc_gflops"].groupby("config").accuracy.first()
+    rows = rows[rows.config.isin(gflops.index)]
+    if rows.empty or rows.epochs.max() < 2:
+        return 0.0, 0, 0
+    final = signed(rows.groupby("config")[score].mean(), score)
+    sd, _ = pooled_sd(signed(g[score], score).tolist() for _, g in rows.groupby("config"))
+    band = set(final[final >= final.max() - 2 * sd].index) if math.isfinite(sd) else set()
+    stopped, draws, rng = 0, 0, random.Random(0)
+    for _, part in rows.groupby("seed"):
+        if len(part) < eta:
+            continue
+        draws += 1
+        points = {c: (float(signed(pd.Series([json.loads(h)[0][score]]), score).iloc[0]), float(gflops[c]))
+                  for c, h in zip(part.config, part.history, strict=True)}
+        for _ in range(orders):
+            order = list(points)
+            rng.shuffle(order)
+            for i, c in enumerate(order):
+                if c in band and not promotes([points[o] for o in order[:i]], points[c], ["max", "min"], eta):
+                    stopped += 1
+    return stopped / max(1, orders), len(band), draws
