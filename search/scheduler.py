@@ -94,13 +94,27 @@ def crowding_distance(points: Sequence[Sequence[float]], modes: Sequence[str]) -
 
 
 def promotes(
-    recorded: Sequence[Sequence[float]], point: Sequence[float], modes: Sequence[str], reduction_factor: float
+    recorded: Sequence[Sequence[float]], point: Sequence[float], modes: Sequence[str], reduction_factor: float,
+    band: float = 0.0,
 ) -> bool:
     """Whether a trial arriving at a rung with ``point`` continues, given the points already ``recorded`` there.
 
     It continues if fewer than ``ceil(n / reduction_factor)`` of all ``n`` points (itself included) rank strictly
-    ahead of it by (front, -crowding distance).
+    ahead of it by (front, -crowding distance). With a noise ``band`` (in the first objective's units) it also
+    continues if it would with its first objective ``band`` better: a config that ties with the promoted ones
+    within the seed noise is not stopped on one draw.
     """
+    if _promoted(recorded, point, modes, reduction_factor):
+        return True
+    if band <= 0:
+        return False
+    shifted = (point[0] + (band if modes[0] == "max" else -band), *point[1:])
+    return _promoted(recorded, shifted, modes, reduction_factor)
+
+
+def _promoted(
+    recorded: Sequence[Sequence[float]], point: Sequence[float], modes: Sequence[str], reduction_factor: float
+) -> bool:
     points = [*recorded, point]
     n = len(points)
     keep = max(1, math.ceil(n / reduction_factor))
@@ -147,6 +161,8 @@ class ParetoASHAScheduler(FIFOScheduler):
         reduction_factor: keep the best ``1/reduction_factor`` at each rung.
         time_attr: the result key that counts epochs.
         exempt_key: result key whose truthy value exempts a trial from stopping (reference configs).
+        band: the seed noise of the first objective at the rungs, in its units; a trial that ties with the
+            promoted ones within it continues (0: off).
 
     Example::
 
@@ -164,6 +180,7 @@ class ParetoASHAScheduler(FIFOScheduler):
         reduction_factor: float = 3,
         time_attr: str = "epoch",
         exempt_key: str = "reference",
+        band: float = 0.0,
     ) -> None:
         if len(objectives) != len(modes) or not objectives:
             raise ValueError("need one mode per objective, and at least one objective")
@@ -185,6 +202,7 @@ class ParetoASHAScheduler(FIFOScheduler):
         # points seeded from an earlier session (resume) and Ray's fresh trial ids never collide.
         self.rungs: dict[int, dict[str, tuple[float, ...]]] = {m: {} for m in self.milestones}
         self.num_stopped = 0
+        self.band = float(band)  # the first objective's noise band at the rungs (see ``promotes``)
 
     # Tune passes the TuneConfig metric/mode here; ours are fixed at construction.
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
@@ -224,7 +242,7 @@ class ParetoASHAScheduler(FIFOScheduler):
                 # Already decided at this rung (e.g. a retried trial replaying its epochs): keep that decision.
                 return TrialScheduler.CONTINUE
             point = self._point(result)
-            go_on = promotes(list(recorded.values()), point, self._modes, self._reduction_factor)
+            go_on = promotes(list(recorded.values()), point, self._modes, self._reduction_factor, self.band)
             recorded[key] = point
             if go_on or result.get(self._exempt_key):
                 return TrialScheduler.CONTINUE

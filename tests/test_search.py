@@ -77,6 +77,18 @@ def test_promotes_keeps_one_over_eta():
     assert promotes(recorded, (0.99, 0.5), MODES, reduction_factor=3)
 
 
+def test_a_tie_within_the_noise_band_is_promoted():
+    recorded = [(0.80, 1.0), (0.90, 2.0), (0.85, 1.5), (0.70, 3.0), (0.60, 3.5)]
+    newcomer = (0.84, 2.5)  # dominated by (0.85, 1.5) and (0.90, 2.0): not in the top half by rank
+    assert not promotes(recorded, newcomer, ["max", "min"], reduction_factor=3)
+    assert not promotes(recorded, newcomer, ["max", "min"], reduction_factor=3, band=0.005)
+    assert promotes(recorded, newcomer, ["max", "min"], reduction_factor=3, band=0.07)  # within noise of the best
+    # a minimised score is moved down, not up
+    losses = [(0.5, 1.0), (0.3, 2.0), (0.4, 1.5)]
+    assert not promotes(losses, (0.45, 2.5), ["min", "min"], reduction_factor=3)
+    assert promotes(losses, (0.45, 2.5), ["min", "min"], reduction_factor=3, band=0.2)
+
+
 def test_rung_milestones():
     assert rung_milestones(1, 3, 27) == [1, 3, 9]
     assert rung_milestones(1, 2, 8) == [1, 2, 4]
