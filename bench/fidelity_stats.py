@@ -110,12 +110,13 @@ def claim_precision(df: pd.DataFrame, long: pd.Series, variant: str, score: str)
     return called, agree, pairs
 
 
-def early_stopping_check(df: pd.DataFrame, variant: str, score: str, eta: int = 3,
-                         orders: int = 20) -> tuple[float, int, int]:
+def early_stopping_check(df: pd.DataFrame, variant: str, score: str, eta: int = 3, orders: int = 20,
+                         band_sd: float = 2.0) -> dict[str, float]:
     """Rung 1 of the multi-objective ASHA (``search.scheduler.promotes``: epoch-1 score and GFLOPs, the top 1/eta
     by non-dominated rank among the trials already at the rung), replayed over the configs of each draw in
-    ``orders`` random arrival orders: the mean number of configs stopped whose final mean lies within the noise band
-    of the best (2 pooled seed sd), the number of configs in that band, and the number of draws."""
+    ``orders`` random arrival orders, without and with a noise band at the rung (``band_sd`` pooled seed sd of the
+    epoch-1 score). Per draw (means): configs stopped among those whose final mean lies within ``band_sd`` pooled
+    seed sd of the best (``in_band`` of them), and configs stopped in all."""
     import random
 
     from search.scheduler import promotes
@@ -123,22 +124,28 @@ def early_stopping_check(df: pd.DataFrame, variant: str, score: str, eta: int = 
     rows = df[(df.kind == "proxy") & (df.variant == variant)]
     gflops = df[df.kind == "zc_gflops"].groupby("config").accuracy.first()
     rows = rows[rows.config.isin(gflops.index)]
-    if rows.empty or rows.epochs.max() < 2:
-        return 0.0, 0, 0
+    if rows.empty or rows.epochs.max() < 2 or rows.seed.nunique() < 2:
+        return {}
+    rows = rows.assign(rung=[float(json.loads(h)[0][score]) for h in rows.history])
     final = signed(rows.groupby("config")[score].mean(), score)
     sd, _ = pooled_sd(signed(g[score], score).tolist() for _, g in rows.groupby("config"))
-    band = set(final[final >= final.max() - 2 * sd].index) if math.isfinite(sd) else set()
-    stopped, draws, rng = 0, 0, random.Random(0)
-    for _, part in rows.groupby("seed"):
-        if len(part) < eta:
-            continue
-        draws += 1
-        points = {c: (float(signed(pd.Series([json.loads(h)[0][score]]), score).iloc[0]), float(gflops[c]))
-                  for c, h in zip(part.config, part.history, strict=True)}
-        for _ in range(orders):
-            order = list(points)
-            rng.shuffle(order)
-            for i, c in enumerate(order):
-                if c in band and not promotes([points[o] for o in order[:i]], points[c], ["max", "min"], eta):
-                    stopped += 1
-    return stopped / max(1, orders), len(band), draws
+    rung_sd, _ = pooled_sd(g.rung.tolist() for _, g in rows.groupby("config"))
+    in_band = set(final[final >= final.max() - band_sd * sd].index)
+    mode = "max" if OBJECTIVE_DIRECTIONS[score] == "maximize" else "min"
+    out = {"in_band": len(in_band), "configs": rows.config.nunique(), "draws": rows.seed.nunique(),
+           "rung_sd": rung_sd}
+    for label, band in (("plain", 0.0), ("noise-aware", band_sd * rung_sd)):
+        stopped = stopped_in_band = 0
+        rng = random.Random(0)
+        for _, part in rows.groupby("seed"):
+            points = {c: (r, float(gflops[c])) for c, r in zip(part.config, part.rung, strict=True)}
+            for _ in range(orders):
+                order = list(points)
+                rng.shuffle(order)
+                for i, c in enumerate(order):
+                    if not promotes([points[o] for o in order[:i]], points[c], [mode, "min"], eta, band):
+                        stopped += 1
+                        stopped_in_band += c in in_band
+        per = orders * out["draws"]
+        out[f"{label} stopped"], out[f"{label} stopped in band"] = stopped / per, stopped_in_band / per
+    return out

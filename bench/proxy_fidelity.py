@@ -243,10 +243,13 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
         if pairs:
             lines.append(f"claim precision (default, {default_score}): {agree}/{called} pairs called different agree "
                          f"with the long run ({100 * agree / max(called, 1):.0f} %), of {pairs} pairs compared")
-        stopped, in_band, draws = early_stopping_check(part, "default", default_score)
-        if draws:
-            lines.append(f"early stopping (rung 1, eta 3, {draws} draws x 20 arrival orders): {stopped:.1f} stops per "
-                         f"order among the {in_band} configs within the noise band of the best")
+        es = early_stopping_check(part, "default", default_score)
+        if es:
+            lines.append(f"early stopping at rung 1 (eta 3; {es['draws']} draws x 20 arrival orders; rung-1 seed sd "
+                         f"{es['rung_sd']:.4g}): of {es['configs']} configs, {es['in_band']} end within 2 seed sd of "
+                         f"the best; plain ASHA stops {es['plain stopped']:.1f} per draw, "
+                         f"{es['plain stopped in band']:.1f} of them in the band; with a 2-sd band at the rung it "
+                         f"stops {es['noise-aware stopped']:.1f}, {es['noise-aware stopped in band']:.1f} in the band")
         zc = [k for k in sorted(part.kind.unique()) if k.startswith("zc_")]
         for kind in zc:
             s = part[part.kind == kind].groupby("config").accuracy.mean()
