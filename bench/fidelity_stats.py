@@ -111,12 +111,13 @@ def claim_precision(df: pd.DataFrame, long: pd.Series, variant: str, score: str)
 
 
 def early_stopping_check(df: pd.DataFrame, variant: str, score: str, eta: int = 3, orders: int = 20,
-                         band_sd: float = 2.0) -> dict[str, float]:
+                         band_sd: float = 2.0, rung_bands: tuple[float, ...] = (0.5, 1.0, 2.0)) -> dict[str, float]:
     """Rung 1 of the multi-objective ASHA (``search.scheduler.promotes``: epoch-1 score and GFLOPs, the top 1/eta
     by non-dominated rank among the trials already at the rung), replayed over the configs of each draw in
-    ``orders`` random arrival orders, without and with a noise band at the rung (``band_sd`` pooled seed sd of the
-    epoch-1 score). Per draw (means): configs stopped among those whose final mean lies within ``band_sd`` pooled
-    seed sd of the best (``in_band`` of them), and configs stopped in all."""
+    ``orders`` random arrival orders, without and with a noise band at the rung (each of ``rung_bands``, in pooled
+    seed sd of the epoch-1 score). Per draw (means): configs stopped among those whose final mean lies within
+    ``band_sd`` pooled seed sd of the best (``in_band`` of them), and configs stopped in all; keys ``"0 stopped"``,
+    ``"0 stopped in band"`` for plain ASHA, ``"<b> stopped"`` ... for a band of ``b`` sd."""
     import random
 
     from search.scheduler import promotes
@@ -134,7 +135,8 @@ def early_stopping_check(df: pd.DataFrame, variant: str, score: str, eta: int = 
     mode = "max" if OBJECTIVE_DIRECTIONS[score] == "maximize" else "min"
     out = {"in_band": len(in_band), "configs": rows.config.nunique(), "draws": rows.seed.nunique(),
            "rung_sd": rung_sd}
-    for label, band in (("plain", 0.0), ("noise-aware", band_sd * rung_sd)):
+    for b in (0.0, *rung_bands):
+        band, label = b * rung_sd, f"{b:g}"
         stopped = stopped_in_band = 0
         rng = random.Random(0)
         for _, part in rows.groupby("seed"):

@@ -82,7 +82,7 @@ VARIANTS: dict[str, Variant] = {
     # the adopted `default` preset, whatever it is now (its rows are labelled `default`): since the ablation, the
     # learning-rate variant (lr 1e-2, ranked by the training loss)
     "default": Variant("lr, adopted", {k: v for k, v in fidelity("default", threads=1).to_dict().items()
-                                     if getattr(BASE, k) != v}),
+                                       if getattr(BASE, k) != v and k != "rung_sd"}),
     "base": Variant("(before)", {}),
     "val-2000": Variant("val images", {"train_images": 384, "val_images": 2000}),
     "val-250": Variant("val images", {"train_images": 832, "val_images": 250}),
@@ -250,11 +250,12 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
                          f"with the long run ({100 * agree / max(called, 1):.0f} %), of {pairs} pairs compared")
         es = early_stopping_check(part, "default", default_score)
         if es:
+            bands = "; ".join(f"with a {b}-sd band at the rung {es[f'{b} stopped']:.1f}, "
+                              f"{es[f'{b} stopped in band']:.1f} in the band" for b in ("0.5", "1", "2"))
             lines.append(f"early stopping at rung 1 (eta 3; {es['draws']} draws x 20 arrival orders; rung-1 seed sd "
                          f"{es['rung_sd']:.4g}): of {es['configs']} configs, {es['in_band']} end within 2 seed sd of "
-                         f"the best; plain ASHA stops {es['plain stopped']:.1f} per draw, "
-                         f"{es['plain stopped in band']:.1f} of them in the band; with a 2-sd band at the rung it "
-                         f"stops {es['noise-aware stopped']:.1f}, {es['noise-aware stopped in band']:.1f} in the band")
+                         f"the best; plain ASHA stops {es['0 stopped']:.1f} per draw, "
+                         f"{es['0 stopped in band']:.1f} of them in the band; {bands}")
         zc = [k for k in sorted(part.kind.unique()) if k.startswith("zc_")]
         for kind in zc:
             s = part[part.kind == kind].groupby("config").accuracy.mean()

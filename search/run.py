@@ -131,7 +131,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
     from results.report import finalize
 
     from .progress import SearchStopper
-    from .scheduler import ParetoASHAScheduler
+    from .scheduler import ParetoASHAScheduler, promotion_band
 
     out = settings.out_path
     space = SearchSpace.from_spec(settings.backbone, settings.space_spec)
@@ -174,7 +174,8 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
         if session_trials:
             if settings.early_stopping:
                 scheduler = ParetoASHAScheduler(settings.objectives, settings.modes, settings.epochs,
-                                                settings.grace_period, settings.reduction_factor)
+                                                settings.grace_period, settings.reduction_factor,
+                                                band=promotion_band(settings.fidelity or {}, settings.objectives[0]))
                 curve = curve_key(settings.objectives[0])
                 for record in ledger.records.values():
                     if record.get(curve) and not record.get("replicate_of"):
@@ -185,6 +186,8 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
             echo(f"searching: {session_trials} trial(s) this session, up to {settings.max_concurrent} at a time "
                  f"x {settings.cpus_per_trial} CPU(s)"
                  + (f" + {settings.gpus_per_trial:g} GPU" if settings.gpus_per_trial else "")
+                 + (f"; early stopping promotes ties within {scheduler.band:.3g} {settings.objectives[0]} (the "
+                    f"preset's seed noise at the first rung)" if getattr(scheduler, "band", 0) else "")
                  + f"; results in {out}")
             fit(searcher, scheduler, session_trials, settings.budget)
         if not (stopper.interrupted or stopper.timed_out):

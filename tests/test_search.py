@@ -19,10 +19,12 @@ from search.progress import ProgressCallback, SearchStopper, describe_error
 from search.run import plan_forced
 from search.samplers import SAMPLERS, check_sampler, make_sampler, session_seed
 from search.scheduler import (
+    PROMOTION_BAND_SD,
     ParetoASHAScheduler,
     crowding_distance,
     non_dominated_ranks,
     promotes,
+    promotion_band,
     rung_milestones,
 )
 from search.settings import SearchSettings
@@ -87,6 +89,18 @@ def test_a_tie_within_the_noise_band_is_promoted():
     losses = [(0.5, 1.0), (0.3, 2.0), (0.4, 1.5)]
     assert not promotes(losses, (0.45, 2.5), ["min", "min"], reduction_factor=3)
     assert promotes(losses, (0.45, 2.5), ["min", "min"], reduction_factor=3, band=0.2)
+
+
+def test_the_search_band_is_the_presets_measured_noise_of_the_score_it_ranks_by():
+    from evaluators.fidelity import fidelity
+
+    default = fidelity("default").to_dict()
+    assert default["rung_sd"] > 0
+    assert promotion_band(default, default["score"]) == pytest.approx(PROMOTION_BAND_SD * default["rung_sd"])
+    # another first objective: the preset's noise says nothing about it
+    other = "accuracy" if default["score"] != "accuracy" else "loss"
+    assert promotion_band(default, other) == 0.0
+    assert promotion_band(fidelity("smoke").to_dict(), fidelity("smoke").score) == 0.0  # nothing measured
 
 
 def test_rung_milestones():
