@@ -24,27 +24,24 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def positive_int(what: str):
+def _int_at_least(low: int, message: str):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive integer ({what}), got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be a positive integer ({what}), got {text!r}")
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
         return value
 
     return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+def positive_int(what: str):
+    return _int_at_least(1, f"must be a positive integer ({what})")
+
+
+non_negative_int = _int_at_least(0, "must be an integer >= 0")
 
 
 def positive_float(what: str, allow_zero: bool = False):

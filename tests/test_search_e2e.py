@@ -126,6 +126,12 @@ def test_search_end_to_end(smoke_search):
     assert "chosen by knee" in proc.stdout and str(out / "best_config.json") in proc.stdout
 
 
+def _kill_minus_9(proc: subprocess.Popen, among: str) -> None:
+    assert proc.poll() is None, f"the search ended before it could be killed among {among}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 @needs_fashion
 def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
@@ -135,21 +141,15 @@ def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
             "--replicates", "3"]
     # A budget far above the kill point, so the search is still running when it is killed, whichever trials the
     # CPU's kernels let complete or the scheduler stops; the two references are never stopped, so they complete.
-    proc = _start_until(["--budget", "200", *args], out, lambda rows: len(rows) >= 3)
-    assert proc.poll() is None, "the search ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_minus_9(_start_until(["--budget", "200", *args], out, lambda rows: len(rows) >= 3), "its trials")
     before = _rows(out)  # what the kill left
     assert len(before) >= 3 and sum(r["status"] == "completed" for r in before) >= 2
     launched = len((out / "launched.jsonl").read_text().splitlines())
     budget = max(8, launched + 2)  # the resume both re-runs what the kill interrupted and launches new trials
 
     # the first resume finishes the budget's trials and is killed among the replicates (3 seeds of >= 3 finalists)
-    proc = _start_until(["--resume", "--budget", str(budget), *args], out,
-                        lambda rows: any(r.get("replicate_of") for r in rows))
-    assert proc.poll() is None, "the resumed search ended before it could be killed among its replicates"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_minus_9(_start_until(["--resume", "--budget", str(budget), *args], out,
+                               lambda rows: any(r.get("replicate_of") for r in rows)), "its replicates")
     among = _rows(out)
     resumed = _run(["--resume", *args])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
