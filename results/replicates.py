@@ -102,15 +102,21 @@ def paired_gain(df: pd.DataFrame, trial: str, other: str, column: str) -> Interv
     return paired_difference(list(both.loc[trial]), list(both.loc[other]))
 
 
-def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float) -> list[str]:
+def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float, limit: int | None = None) -> list[str]:
     """Configs (first trial ids) worth replicating: the references, the front of the means, and every completed
     config whose first objective is within ``band`` of the front at no more cost (``band``: an absolute
-    difference in that objective's units, e.g. 2.8 seed sd for the difference of two single draws)."""
+    difference in that objective's units, e.g. 2.8 seed sd for the difference of two single draws).
+
+    With ``limit``, the configs within the band are taken nearest the front first, until there are ``limit``
+    finalists (the references and the front are always in): where configs differ by less than the seed noise,
+    nearly every config is within the band, and replicating them all would cost more than the search."""
     quality, costs = objectives[0], list(objectives[1:])
     done = means[means["status"] == COMPLETED]
-    picked = list(done.loc[done["reference"].astype(str) != "", "trial_id"].astype(str))
+    picked = list(done.loc[done["reference"].fillna("").astype(str) != "", "trial_id"].astype(str))
     front = pareto_front(done, objectives)
     picked += list(front["trial_id"].astype(str))
+    picked = list(dict.fromkeys(picked))
+    near: list[tuple[float, str]] = []
     if band > 0 and math.isfinite(band) and len(front):
         sign = 1.0 if OBJECTIVE_DIRECTIONS.get(quality, "maximize") == "maximize" else -1.0
         q_front = sign * front[quality].to_numpy(dtype=float)
@@ -119,6 +125,9 @@ def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float) -> li
             cheaper = np.all(c_front <= row[costs].to_numpy(dtype=float), axis=1)
             # the best the front reaches at no more cost; nothing on the front that cheap: it is within the band
             best = q_front[cheaper].max() if cheaper.any() else -math.inf
-            if sign * float(row[quality]) >= best - band:
-                picked.append(str(row["trial_id"]))
-    return list(dict.fromkeys(picked))
+            gap = best - sign * float(row[quality])
+            if gap <= band and str(row["trial_id"]) not in picked:
+                near.append((max(gap, 0.0), str(row["trial_id"])))
+    near.sort(key=lambda g: g[0])  # stable: equal gaps stay in trial order
+    room = len(near) if limit is None else max(0, limit - len(picked))
+    return picked + [trial_id for _, trial_id in near[:room]]

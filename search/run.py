@@ -243,15 +243,17 @@ def _replicate(settings: SearchSettings, ledger: Ledger, fit: _Fitter, echo) -> 
     """The replicate phase (see :mod:`search.replicates`): rounds until the finalists stop changing."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from .replicates import ReplicateSearch, plan_replicates
+    from .replicates import ReplicateSearch, max_finalists, plan_replicates
 
     # Each round launches at least one replicate that did not exist, and configs are finite: this ends.
     while True:
-        todo = plan_replicates(ledger, settings.objectives, settings.replicates)
+        limit = max_finalists(settings.budget)
+        todo = plan_replicates(ledger, settings.objectives, settings.replicates, limit)
         if not todo:
             break
         configs = len({launch.replicate_of for launch in todo})
-        echo(f"replicates: {len(todo)} run(s) for {configs} finalist(s), {settings.replicates} more seed(s) each")
+        echo(f"replicates: {len(todo)} run(s) for {configs} finalist(s), {settings.replicates} more seed(s) each "
+             f"(at most {limit} finalists in all, nearest the front first)")
         fit(ReplicateSearch(ledger, todo, settings.objectives, settings.modes), FIFOScheduler(), len(todo),
             len(todo), replicates=True)
         if fit.stopper.interrupted or fit.stopper.timed_out or fit.worker_lost is not None:

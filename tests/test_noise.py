@@ -104,3 +104,17 @@ def test_finalists_are_references_front_and_configs_within_the_band():
     assert finalists(means, ["accuracy", "gflops"], band=0.0) == ["t0", "t1", "t2"]
     assert finalists(means, ["accuracy", "gflops"], band=0.02) == ["t0", "t1", "t2", "t3"]
     assert finalists(means, ["accuracy", "gflops"], band=0.01) == ["t0", "t1", "t2"]
+
+
+def test_a_limit_keeps_references_and_front_and_cuts_the_band_nearest_first():
+    df = _frame({0: [0.80], 1: [0.81], 2: [0.86], 3: [0.845]})
+    means = config_means(df, ["accuracy", "gflops"])
+    assert finalists(means, ["accuracy", "gflops"], band=0.02, limit=4) == ["t0", "t1", "t2", "t3"]
+    assert finalists(means, ["accuracy", "gflops"], band=0.02, limit=3) == ["t0", "t1", "t2"]
+    assert finalists(means, ["accuracy", "gflops"], band=0.02, limit=1) == ["t0", "t1", "t2"]  # never fewer
+
+
+def test_the_replicate_phase_is_bounded_by_a_share_of_the_budget():
+    from search.replicates import MIN_FINALISTS, max_finalists
+
+    assert max_finalists(200) == 10 and max_finalists(6) == MIN_FINALISTS
