@@ -62,10 +62,11 @@ from fvcore.nn.jit_analysis import _IGNORED_OPS as _FVCORE_FREE_OPS  # ops fvcor
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
-from space import ArchConfig, build_model
+from space import ArchConfig
 from space.backbones import POSITIONS
+from space.build import build_deployed
 
-__all__ = ["Cost", "attention_scopes", "count_module", "measure", "EXTRA_HANDLES"]
+__all__ = ["Cost", "attention_scopes", "count_module", "explicit_backbone_attention", "measure", "EXTRA_HANDLES"]
 
 #: Names under which ``space.build.attach`` registers added attention modules on a block.
 ATTENTION_NAMES = frozenset(f"attn_{p}" for p in POSITIONS)
@@ -304,8 +305,9 @@ def count_module(
 def measure(arch: ArchConfig | Mapping, resolution: int = 224, num_classes: int = 1000) -> Cost:
     """FLOPs (batch 1, ``resolution`` x ``resolution`` RGB input) and parameters of ``arch``; cached.
 
-    The model is built on the CPU in eval mode and traced once; repeated calls with an equal config return the
-    same ``Cost`` object. ``arch`` may also be an ``ArchConfig.to_dict()`` mapping.
+    The model is built on the CPU in eval mode for ``resolution`` (Swin: ``img_size=resolution``), as deployed
+    (RepVGG: re-parameterised, ``space.build.deploy_model``), and traced once; repeated calls with an equal config
+    return the same ``Cost`` object. ``arch`` may also be an ``ArchConfig.to_dict()`` mapping.
     """
     if isinstance(arch, Mapping):
         arch = ArchConfig.from_dict(arch)
@@ -319,11 +321,26 @@ def measure(arch: ArchConfig | Mapping, resolution: int = 224, num_classes: int 
     return _measure_cached(arch, resolution, num_classes)
 
 
+def explicit_backbone_attention(model: nn.Module, scopes: Iterable[str]) -> None:
+    """Make the backbone's own attention (Swin's windows) run as explicit matmuls, outside ``scopes``.
+
+    fvcore has no handle for a fused ``scaled_dot_product_attention`` and would leave the backbone's attention out
+    of the count; its explicit Q·Kᵀ and A·V matmuls are what fvcore counts (and what published Swin figures
+    count). Same maths, so the count is of the network that runs either way.
+    """
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "fused_attn", None), bool) and not _inside(name, frozenset(scopes)):
+            module.fused_attn = False
+
+
 @functools.lru_cache(maxsize=512)
 def _measure_cached(arch: ArchConfig, resolution: int, num_classes: int) -> Cost:
-    model = build_model(arch, num_classes=num_classes).eval()
+    # deployed: RepVGG re-parameterised, so FLOPs and params are those of the folded network
+    model = build_deployed(arch, resolution, num_classes)
+    scopes = attention_scopes(model)
+    explicit_backbone_attention(model, scopes)
     x = torch.zeros(1, 3, resolution, resolution)  # values do not matter: only shapes reach the handles
-    return count_module(model, x, scopes=attention_scopes(model))
+    return count_module(model, x, scopes=scopes)
 
 
 measure.cache_clear = _measure_cached.cache_clear  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
 from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estimate
 from results.schema import COMPLETED
 from space import ArchConfig
+from space.backbones import family, num_features
 
 #: Classes of an exported model where the search does not say (ImageNet's: the authors' mmpretrain configs).
 NUM_CLASSES = 1000
@@ -30,6 +31,26 @@ MMPRETRAIN_PY = "best_config_mmpretrain.py"
 _MM_RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
 _MM_MOBILENETV2 = re.compile(r"^mobilenetv2_(\d{3})$")
 _MM_HEAD_CHANNELS = {18: 512, 34: 512, 50: 2048, 101: 2048, 152: 2048}
+# mmpretrain's own backbones for the families the authors ship no SCSA variant of, and the timm names it has an arch
+# for (RepVGG "A0".."B3g4", "D2se"; Swin "tiny".."large" with their window and input size; ConvNeXt "atto".."huge",
+# V2 through use_grn).
+_MM_OWN_TYPES = {"repvgg": "RepVGG", "swin": "SwinTransformer", "convnext": "ConvNeXt"}
+_MM_REPVGG = re.compile(r"^repvgg_([ab]\d(?:g[24])?|d2se)$")
+_MM_SWIN = re.compile(r"^swin_(tiny|small|base|large)_patch4_window(\d+)_(\d+)$")
+_MM_CONVNEXT = re.compile(r"^convnext(v2)?_(atto|femto|pico|nano|tiny|small|base|large|xlarge|huge)$")
+
+
+def _mm_own_backbone(backbone: str) -> dict | None:
+    """mmpretrain's own backbone dict for a RepVGG, Swin or ConvNeXt timm name; None where it has no such arch."""
+    if m := _MM_REPVGG.match(backbone):
+        return {"type": "RepVGG", "arch": m.group(1)[0].upper() + m.group(1)[1:], "out_indices": (3,)}
+    if m := _MM_SWIN.match(backbone):
+        return {"type": "SwinTransformer", "arch": m.group(1), "img_size": int(m.group(3)),
+                "window_size": int(m.group(2))}
+    if m := _MM_CONVNEXT.match(backbone):
+        v2 = {"use_grn": True, "layer_scale_init_value": 0.0} if m.group(1) else {}
+        return {"type": "ConvNeXt", "arch": m.group(2), **v2}  # pools before its final norm: no neck
+    return None
 
 
 def write_best_config(out_dir: str | os.PathLike[str], arch: ArchConfig) -> Path:
@@ -55,6 +76,16 @@ def mmpretrain_limits(arch: ArchConfig) -> list[str]:
     """What the authors' mmpretrain backbones cannot express of ``arch`` (empty: expressible exactly)."""
     reasons = []
     plain = all(st.attn == "none" for st in arch.stages)  # their plain ResNet / MobileNetV2 express it
+    own_type = _MM_OWN_TYPES.get(family(arch.backbone))
+    if own_type is not None:  # mmpretrain's own RepVGG / SwinTransformer / ConvNeXt: no attention slots at all
+        if _mm_own_backbone(arch.backbone) is None:
+            reasons.append(f"backbone {arch.backbone}: mmpretrain's {own_type} has no arch for this timm variant")
+        if not plain:
+            reasons.append(f"backbone {arch.backbone}: mmpretrain's {own_type} takes no attention, and the authors "
+                           "ship SCSA in ResNetSCSA (resnet18..152) and MobileNetV2SCSA only")
+        reasons += [f"stage {i} has {st.attn!r} at the {st.position!r} slot of {st.blocks!r} blocks; {own_type} "
+                    "cannot hold it" for i, st in enumerate(arch.stages, start=1) if st.attn != "none"]
+        return reasons
     if arch.backbone not in _MM_RESNET_DEPTHS and not _MM_MOBILENETV2.match(arch.backbone):
         reasons.append(
             f"backbone {arch.backbone}: the authors ship ResNetSCSA (resnet18..152) and MobileNetV2SCSA only"
@@ -81,7 +112,9 @@ def mmpretrain_config(arch: ArchConfig, num_classes: int = NUM_CLASSES) -> str:
     Where their ``ResNetSCSA`` / ``MobileNetV2SCSA`` can express ``arch`` exactly, the config is a drop-in for their
     repository. Otherwise the header says precisely what cannot be expressed, ``stage_scsa_cfgs`` carries the
     per-stage settings, and the backbone dict passes them under a key their classes do not accept yet, so that
-    mmpretrain fails loudly instead of silently training a different network.
+    mmpretrain fails loudly instead of silently training a different network. RepVGG, Swin and ConvNeXt get
+    mmpretrain's own ``RepVGG`` / ``SwinTransformer`` / ``ConvNeXt`` (the authors ship no SCSA variant of them):
+    exact for the plain backbone; with attention, the header lists every stage they cannot hold.
     """
     limits = mmpretrain_limits(arch)
     stage_cfgs = [
@@ -93,7 +126,14 @@ def mmpretrain_config(arch: ArchConfig, num_classes: int = NUM_CLASSES) -> str:
     first_scsa = next((official_scsa_cfg(s) for s in arch.stages if s.attn == "scsa"), None)
     m = _MM_MOBILENETV2.match(arch.backbone)
     plain = first_scsa is None and all(st.attn == "none" for st in arch.stages)
-    if m:
+    neck: dict | None = {"type": "GlobalAveragePooling"}
+    own_type = _MM_OWN_TYPES.get(family(arch.backbone))
+    if own_type is not None:
+        backbone = _mm_own_backbone(arch.backbone) or {"type": own_type}
+        in_channels = num_features(arch.backbone)
+        if own_type == "ConvNeXt":
+            neck = None
+    elif m:
         backbone = {"type": "MobileNetV2" if plain else "MobileNetV2SCSA", "widen_factor": int(m.group(1)) / 100}
         in_channels = 1280 if int(m.group(1)) <= 100 else int(1280 * int(m.group(1)) / 100)
     else:
@@ -108,7 +148,7 @@ def mmpretrain_config(arch: ArchConfig, num_classes: int = NUM_CLASSES) -> str:
     model = {
         "type": "ImageClassifier",
         "backbone": backbone,
-        "neck": {"type": "GlobalAveragePooling"},
+        **({"neck": neck} if neck else {}),
         "head": {"type": "LinearClsHead", "num_classes": num_classes, "in_channels": in_channels,
                  "loss": {"type": "CrossEntropyLoss", "loss_weight": 1.0},
                  "topk": (1, 5) if num_classes >= 5 else (1,)},

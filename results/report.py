@@ -2,10 +2,15 @@
 
 ``update`` is cheap and runs after every finished trial (frames only, atomically); ``finalize`` runs at the end,
 and again whenever ``python -m results DIR`` re-renders a directory, also while its search is still running.
+
+``cost_spread.json`` (the spread of each cost objective over the space, written by the search when it starts:
+``evaluators.cost_spread``) is carried into ``best_config.md``, so that a flat cost axis is said where the choice
+is read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +20,7 @@ import pandas as pd
 from results.choice import choose
 from results.export import NUM_CLASSES, export_best
 from results.frame import read_trials, trials_frame, write_pareto, write_trials
+from results.io import atomic_write_text
 from results.pareto import hypervolume_history, reference_point
 from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
 from results.replicates import config_means
@@ -24,6 +30,42 @@ from results.tensorboard import TENSORBOARD_DIR, write_search_run
 PARETO_PNG = "pareto.png"
 HYPERVOLUME_PNG = "hypervolume.png"
 EFFECTS_PNG = "effects.png"
+COST_SPREAD_JSON = "cost_spread.json"
+
+
+def write_cost_spread(out_dir: str | os.PathLike[str], spread: Mapping) -> Path:
+    """``cost_spread.json``: ``evaluators.cost_spread.CostSpread.to_dict()`` (its ``lines`` are what is shown)."""
+    path = Path(out_dir) / COST_SPREAD_JSON
+    atomic_write_text(path, json.dumps(dict(spread), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_cost_spread(out_dir: str | os.PathLike[str]) -> dict | None:
+    """The search's ``cost_spread.json``, or None where there is none (older searches) or it is unreadable."""
+    try:
+        spread = json.loads((Path(out_dir) / COST_SPREAD_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return spread if isinstance(spread, dict) and isinstance(spread.get("lines"), list) else None
+
+
+def cost_spread_markdown(spread: Mapping) -> str:
+    """The spread as a section of ``best_config.md``: the header, one bullet per objective, flat axes in bold."""
+    lines = [str(line) for line in spread["lines"]]
+    body = [lines[0][:1].upper() + lines[0][1:], ""] if lines else []
+    body += [f"- {line.strip()}" for line in lines[1:] if line.startswith("  ")]
+    flat = [line for line in lines[1:] if not line.startswith("  ")]
+    if flat:
+        body += ["", *[f"**{line}**" for line in flat]]
+    return "\n".join(["## Cost spread over the space", "", *body]) + "\n"
+
+
+def _append_cost_spread(out: Path, md_path: Path) -> None:
+    spread = read_cost_spread(out)
+    if spread is None or not md_path.is_file():
+        return
+    text = md_path.read_text(encoding="utf-8")
+    atomic_write_text(md_path, text.rstrip("\n") + "\n\n" + cost_spread_markdown(spread))
 
 
 def update(out_dir: str | os.PathLike[str], records: Iterable[Mapping], objectives: Sequence[str]) -> pd.DataFrame:
@@ -89,6 +131,7 @@ def finalize(
     if choice is not None:
         written.update(export_best(out, choice, df, means, objectives, select, resolution=resolution,
                                    dataset=dataset, num_classes=num_classes))
+        _append_cost_spread(out, Path(written["best_config.md"]))
         written["note"] = choice.note
     written["best"] = best
     return written

@@ -8,6 +8,8 @@ stopping the unpromising ones, everything recorded in ``--out``.
     launched.jsonl       one line per trial handed to Ray: what the budget counts
     trials.csv/.parquet  one row per finished trial, rewritten after each
     pareto.csv           the non-dominated completed trials
+    cost_spread.json     each cost objective at the plain backbone, the paper default and the space's costliest
+                         config, measured when the search starts (printed then; flat axes named in best_config.md)
     pareto.png, hypervolume.png, effects.png, best_config.json/.md, best_config_mmpretrain.py
     ray/session-N/       Ray's experiment directory of session N (or under ``--storage``)
 
@@ -51,7 +53,7 @@ from .outcome import SearchOutcome
 from .samplers import make_sampler, session_seed
 from .settings import STUDY_DB, STUDY_NAME, SearchSettings
 
-__all__ = ["MAX_RESTARTS", "lost_worker", "plan_forced", "run"]
+__all__ = ["MAX_RESTARTS", "lost_worker", "plan_forced", "report_cost_spread", "run"]
 
 MAX_RESTARTS = 3
 
@@ -147,6 +149,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
             fit.ray()  # join the cluster before anything is written: one that refuses leaves no trace in --out
         out.mkdir(parents=True, exist_ok=True)
         settings.write_manifest(seed_noise(ledger, settings.objectives[0]))
+        report_cost_spread(settings, space, echo)
         storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_DB).resolve()}")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         n_in_study = 0
@@ -216,6 +219,42 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
         reason=str(written.get("reason", "")),
         note=str(written.get("note", "")),
     )
+
+
+def report_cost_spread(settings: SearchSettings, space: SearchSpace, echo) -> dict[str, Any] | None:
+    """Measure how far each cost objective can move over ``space`` (:func:`evaluators.cost_spread.cost_spread`),
+    print it, and keep it in ``cost_spread.json``; a resumed search prints what its first session measured.
+
+    A diagnosis, not part of the search: if it cannot be measured, one line says why and the search goes on."""
+    from results.report import read_cost_spread, write_cost_spread
+
+    spread = read_cost_spread(settings.out_path) if settings.resume else None
+    if spread is None:
+        try:
+            spread = _measure_cost_spread(settings, space)
+        except Exception as e:  # whatever goes wrong here must not stop the search
+            echo(f"cost spread over the space not measured: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            return None
+        write_cost_spread(settings.out_path, spread)
+    for line in spread["lines"]:
+        echo(line)
+    return spread
+
+
+def _measure_cost_spread(settings: SearchSettings, space: SearchSpace) -> dict[str, Any]:
+    from evaluators.cost_spread import cost_spread
+
+    objectives, costs = list(settings.objectives), {}
+    if "latency_ms" in objectives and settings.address:
+        objectives.remove("latency_ms")  # the driver's machine is not the trials': its latency would say nothing
+    elif "latency_ms" in objectives:
+        from evaluators.device import resolve_device
+        from evaluators.latency import latency_ratio
+
+        device = resolve_device(settings.device)  # the trials' device: a local driver runs beside them
+        costs["latency_ms"] = lambda arch: latency_ratio(arch, resolution=settings.resolution, device=device,
+                                                         threads=settings.cpus_per_trial).latency_ms
+    return cost_spread(space, settings.resolution, objectives, costs).to_dict()
 
 
 def seed_noise(ledger: Ledger, objective: str) -> dict[str, Any] | None:

@@ -149,10 +149,12 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
     cost = measure(arch, resolution=settings.resolution)
     costs: dict[str, Any] = {"gflops": cost.gflops, "params": int(cost.params)}
     if "latency_ms" in settings.objectives:
-        from evaluators.latency import measure_latency
+        # interleaved with the plain backbone and scaled by its cached time: a ratio that ranks configs run to run,
+        # cached per config in the worker (a replicate reuses it)
+        from evaluators.latency import latency_ratio
 
-        costs["latency_ms"] = measure_latency(arch, resolution=settings.resolution, device=device,
-                                              threads=threads).median_ms
+        costs["latency_ms"] = latency_ratio(arch, resolution=settings.resolution, device=device,
+                                            threads=threads).latency_ms
     attempt = int(config.get("attempt", 0))
     seed = replicate_seed(int(settings.seed), int(config.get("replicate", 0)), attempt)
     fid = Fidelity(**{**settings.fidelity, "threads": threads})

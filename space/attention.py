@@ -1,7 +1,10 @@
-"""Attention factory: ``none | scsa | se | eca | cbam``.
+"""Attention factory: ``none | scsa | se | eca | cbam | ca | gc``.
 
-The baselines come from ``timm.layers.create_attn`` so that they are exactly the modules timm users know; SCSA is
-this project's. Settings that only SCSA has are ignored by the others.
+The baselines come from ``timm.layers.create_attn`` so that they are exactly the modules timm users know (SE,
+ECA, CBAM, and ``gc``: GCNet's global context block, timm's ``GlobalContext``); coordinate attention (``ca``)
+is written here in timm's style (:mod:`space.coord_attention`) because the timm versions this project supports
+do not all ship it; SCSA is this project's. Settings that only SCSA has are ignored by the others. Every type
+keeps channels in = channels out, so any slot takes any of them.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from collections.abc import Sequence
 from timm.layers import create_attn
 from torch import nn
 
+from .coord_attention import CoordAttn
 from .scsa import SCSA
 
-ATTENTION_TYPES = ("none", "scsa", "se", "eca", "cbam")
+ATTENTION_TYPES = ("none", "scsa", "se", "eca", "cbam", "ca", "gc")
+#: Types built by ``timm.layers.create_attn`` under the same name.
+TIMM_TYPES = ("se", "eca", "cbam", "gc")
 
 
 def create_attention(
@@ -32,6 +38,8 @@ def create_attention(
         return None
     if attn == "scsa":
         return SCSA(channels, groups=groups, kernels=kernels, window=window, heads=heads, gate=gate, pool=pool)
-    if attn in ATTENTION_TYPES:
+    if attn == "ca":
+        return CoordAttn(channels)
+    if attn in TIMM_TYPES:
         return create_attn(attn, channels)
     raise ValueError(f"unknown attention type {attn!r}; choose one of {', '.join(ATTENTION_TYPES)}")

@@ -8,7 +8,8 @@ timm's own tooling (``timm.create_model``, ``timm.list_models("scsa_*")``, timm'
     model = timm.create_model("scsa_resnet50", arch="best_config.json", num_classes=10)
 
 ``arch`` may be an ``ArchConfig``, its dict, or a path to its JSON file; without ``arch`` the paper's placement is
-built. Any other keyword goes to the backbone's own timm entry point.
+built. Any other keyword goes to the backbone's own timm entry point (e.g. ``img_size`` for Swin). A RepVGG is
+built as it trains; ``timm.utils.model.reparameterize_model(model)`` (or ``space.build.deploy_model``) folds it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ BACKBONES = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
     "wide_resnet50_2", "wide_resnet101_2", "mobilenetv2_100", "mobilenetv2_140", "efficientnet_b0",
     "efficientnet_b1", "regnetx_002", "regnetx_004", "regnety_002", "regnety_004", "regnety_016",
+    "repvgg_a0", "repvgg_a1", "repvgg_a2", "repvgg_b0", "repvgg_b1", "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "convnext_atto", "convnext_femto",
+    "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small",
 )
 
 

@@ -124,3 +124,51 @@ def test_a_pick_not_distinguishable_from_the_plain_backbone_yields_to_it(tmp_pat
     assert choice.best["reference"] == "baseline" and "no replicates to measure the noise" in choice.note
     # a rule the plain backbone does not meet is not overridden
     assert choose(single, ["accuracy", "gflops"], "min-gflops-over:0.84").best["trial_id"] == "t2"
+
+
+@pytest.mark.parametrize("backbone,mm_type,mm_arch,in_channels", [
+    ("repvgg_a0", "RepVGG", "A0", 1280),
+    ("swin_tiny_patch4_window7_224", "SwinTransformer", "tiny", 768),
+    ("convnext_atto", "ConvNeXt", "atto", 320),
+])  # fmt: skip
+def test_mmpretrain_own_backbones_of_the_new_families(backbone, mm_type, mm_arch, in_channels, tmp_path):
+    from mmengine.config import Config
+
+    from results.export import write_mmpretrain
+
+    # the plain backbone: mmpretrain's own backbone expresses it exactly
+    assert mmpretrain_limits(ArchConfig.baseline(backbone)) == []
+    cfg = Config.fromfile(str(write_mmpretrain(tmp_path, ArchConfig.baseline(backbone), num_classes=10)))
+    bb = cfg.model.backbone
+    assert (bb.type, bb.arch) == (mm_type, mm_arch) and "scsa_cfg" not in bb and "stage_scsa_cfgs" not in bb
+    assert cfg.model.head.in_channels == in_channels and cfg.model.head.num_classes == 10
+    # with attention: every stage that holds some is listed, and the backbone dict fails loudly in mmpretrain
+    arch = ArchConfig(backbone, (StageConfig(), StageConfig("se", "end", "last"), StageConfig.scsa(),
+                                 StageConfig.scsa(position="end", blocks="alternate")))
+    assert mmpretrain_limits(arch) == [
+        f"backbone {backbone}: mmpretrain's {mm_type} takes no attention, and the authors ship SCSA in ResNetSCSA "
+        "(resnet18..152) and MobileNetV2SCSA only",
+        f"stage 2 has 'se' at the 'end' slot of 'last' blocks; {mm_type} cannot hold it",
+        f"stage 3 has 'scsa' at the 'mid' slot of 'all' blocks; {mm_type} cannot hold it",
+        f"stage 4 has 'scsa' at the 'end' slot of 'alternate' blocks; {mm_type} cannot hold it",
+    ]
+    text = mmpretrain_config(arch)
+    assert "NOT EXPRESSIBLE" in text and f"{mm_type} cannot hold it" in text
+    cfg = Config.fromfile(str(write_mmpretrain(tmp_path, arch)))
+    assert cfg.model.backbone.type == mm_type and cfg.model.backbone.stage_scsa_cfgs[0] is None
+    assert ArchConfig.from_dict(cfg.arch_config) == arch
+
+
+def test_mmpretrain_variants_without_an_mmpretrain_arch():
+    assert mmpretrain_limits(ArchConfig.baseline("convnext_atto_ols")) == [
+        "backbone convnext_atto_ols: mmpretrain's ConvNeXt has no arch for this timm variant"]
+    assert "'use_grn': True" in mmpretrain_config(ArchConfig.baseline("convnextv2_atto"))
+    assert "'arch': 'B1g4'" in mmpretrain_config(ArchConfig.baseline("repvgg_b1g4"))
+
+
+def test_timm_entry_points_of_the_new_families():
+    assert {"scsa_repvgg_a0", "scsa_swin_tiny_patch4_window7_224", "scsa_convnext_atto"} <= set(
+        timm.list_models("scsa_*"))
+    swin = timm.create_model("scsa_swin_tiny_patch4_window7_224", num_classes=10, img_size=64).eval()
+    with torch.no_grad():
+        assert swin(torch.randn(1, 3, 64, 64)).shape == (1, 10)

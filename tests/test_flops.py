@@ -12,6 +12,7 @@ from fvcore.nn import FlopCountAnalysis
 from evaluators import flops as flops_mod
 from evaluators.flops import Cost, attention_scopes, count_module, measure
 from space import ArchConfig, build_model
+from space.build import build_deployed
 from space.config import StageConfig
 from space.scsa import SCSA
 
@@ -202,7 +203,7 @@ def test_sdpa_counted_as_explicit_attention():
 
 def test_cached(r50_plain, monkeypatch):
     calls = []
-    monkeypatch.setattr(flops_mod, "build_model", lambda *a, **k: calls.append(a) or build_model(*a, **k))
+    monkeypatch.setattr(flops_mod, "build_deployed", lambda *a, **k: calls.append(a) or build_deployed(*a, **k))
     arch = ArchConfig.baseline("resnet50")
     assert measure(arch) is r50_plain
     assert measure(ArchConfig.from_dict(arch.to_dict()), 224, 1000) is r50_plain  # equal by value, same entry
@@ -221,3 +222,50 @@ def test_cost_read_only_and_serialisable(r50_plain):
 def test_bad_resolution(bad):
     with pytest.raises(ValueError, match="resolution"):
         measure(ArchConfig.baseline("resnet18"), bad)
+
+
+# --- RepVGG, Swin, ConvNeXt -----------------------------------------------------------------------------------
+
+NEW_FAMILIES = {"repvgg_a0": 21, "swin_tiny_patch4_window7_224": 12, "convnext_atto": 12}  # blocks in stages
+
+
+@pytest.mark.parametrize("backbone", NEW_FAMILIES)
+def test_new_families_attention_fully_counted(backbone):
+    plain, paper = measure(ArchConfig.baseline(backbone), 64), measure(ArchConfig.paper_default(backbone), 64)
+    # every op of every added module is counted: what is left uncounted is exactly the plain backbone's
+    assert dict(paper.uncounted) == dict(plain.uncounted)
+    assert len(paper.by_module) == NEW_FAMILIES[backbone] and all(f > 0 for f in paper.by_module.values())
+    assert all(name.endswith(".attn_mid") for name in paper.by_module)
+    assert paper.flops == plain.flops + sum(paper.by_module.values())
+    assert paper.params > plain.params
+
+
+def test_repvgg_counted_as_deployed():
+    import timm
+    from timm.utils.model import reparameterize_model
+
+    cost = measure(ArchConfig.baseline("repvgg_a0"), 64)
+    training = timm.create_model("repvgg_a0").eval()
+    deployed = reparameterize_model(training)
+    x = torch.zeros(1, 3, 64, 64)
+    assert cost.params == sum(p.numel() for p in deployed.parameters()) == 8_309_384  # RepVGG-A0's 8.30 M
+    assert cost.flops == count_module(deployed, x, scopes=()).flops < count_module(training, x, scopes=()).flops
+
+
+def test_swin_backbone_attention_counted_even_when_fused():
+    """fvcore has no handle for a fused attention: the backbone's window attention is traced as explicit matmuls."""
+    from evaluators.flops import explicit_backbone_attention
+
+    arch = ArchConfig.paper_default("swin_tiny_patch4_window7_224")
+    model = build_model(arch, num_classes=1000, img_size=64).eval()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = True  # as with TIMM_FUSED_ATTN=2
+    x = torch.zeros(1, 3, 64, 64)
+    scopes = attention_scopes(model)
+    fused = count_module(model, x, scopes=scopes)
+    assert fused.uncounted["aten::scaled_dot_product_attention"] == 12
+    explicit_backbone_attention(model, scopes)
+    explicit = count_module(model, x, scopes=scopes)
+    assert "aten::scaled_dot_product_attention" not in explicit.uncounted
+    assert explicit.flops > fused.flops and explicit.flops == measure(arch, 64).flops

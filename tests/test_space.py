@@ -3,11 +3,15 @@ import json
 import pytest
 import timm
 import torch
+from torch import nn
 
 from space import ArchConfig, SearchSpace, StageConfig, build_model
-from space.backbones import UnsupportedBackboneError, selected_blocks, slots
+from space.backbones import UnsupportedBackboneError, family, selected_blocks, slots
+from space.build import attach, deploy_model
 
-FAMILIES = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenetv2_100", "efficientnet_b0", "regnetx_002"]
+FAMILIES = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenetv2_100", "efficientnet_b0", "regnetx_002",
+            "repvgg_a0", "swin_tiny_patch4_window7_224", "convnext_atto"]
+SWIN = "swin_tiny_patch4_window7_224"
 
 
 def test_references():
@@ -76,8 +80,11 @@ def test_validate_stage_count():
 
 
 def test_unsupported_backbones_list_families():
-    with pytest.raises(UnsupportedBackboneError, match="supported families: efficientnet, regnet, resnet"):
+    with pytest.raises(UnsupportedBackboneError,
+                       match="supported families: convnext, efficientnet, regnet, repvgg, resnet, swin"):
         ArchConfig.baseline("vit_tiny_patch16_224")
+    with pytest.raises(UnsupportedBackboneError, match="'gernet_s' is a timm model of family 'byobnet'"):
+        SearchSpace("gernet_s")  # byobnet builds RepVGG and others; only repvgg_* have known slots
     with pytest.raises(UnsupportedBackboneError, match="not a timm model name"):
         SearchSpace("resnet5000")
 
@@ -91,11 +98,12 @@ def test_families_sample_build_and_run(backbone):
     for i, arch in enumerate(archs):
         model = build_model(arch, num_classes=10).eval()
         with torch.no_grad():
-            for res in (64, 224) if i == 0 else (64,):  # 224 px once per family keeps the suite fast
+            for res in (64, 224) if i < 2 else (64,):  # 224 px for the paper default and one sample only: fast
                 assert model(torch.randn(1, 3, res, res)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("backbone", ["resnet50", "mobilenetv2_100", "regnetx_002"])
+@pytest.mark.parametrize("backbone", ["resnet50", "mobilenetv2_100", "regnetx_002", "repvgg_a0", SWIN,
+                                      "convnext_atto"])
 def test_timm_keys_untouched(backbone):
     plain = timm.create_model(backbone, num_classes=10).state_dict()
     model = build_model(ArchConfig.paper_default(backbone), num_classes=10)
@@ -213,3 +221,109 @@ def test_slots_at_small_resolutions():
     # 32 px leaves resnet50's stage 4 at 1x1 (BatchNorm in training mode would refuse a 1x1 map at batch 1)
     heights = [[next(s for s in st if s.position == "mid").height for st in slots("resnet50", r)] for r in (32, 48)]
     assert heights == [[8, 4, 2, 1], [12, 6, 3, 2]]
+
+
+@pytest.mark.parametrize("position", ["mid", "end"])
+def test_repvgg_reparameterised_with_attention_keeps_outputs(position):
+    arch = ArchConfig("repvgg_a0", tuple(StageConfig.scsa(position=position) for _ in range(4)))
+    model = build_model(arch, num_classes=10)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so folding them is really tested
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    deployed = deploy_model(model)
+    calls = []
+    for name, mod in deployed.named_modules():
+        if name.endswith(f"attn_{position}"):
+            mod.register_forward_hook(lambda m, a, o: calls.append(1))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before, after = model.forward_features(x), deployed.forward_features(x)
+    assert (before - after).abs().max().item() <= 1e-5 and before.abs().max() > 0.1
+    assert len(calls) == 21  # every RepVggBlock of the four stages (2 + 4 + 14 + 1) still runs its attention
+    keys = deployed.state_dict().keys()
+    assert not any(".conv_kxk." in k or ".conv_1x1." in k for k in keys) and "stages.0.0.reparam_conv.weight" in keys
+    assert sum(p.numel() for p in deployed.parameters()) < sum(p.numel() for p in model.parameters())
+    plain = build_model(ArchConfig.baseline("resnet18"))
+    assert deploy_model(plain) is plain  # nothing to fold elsewhere: the model itself
+
+
+class _Probe(nn.Module):
+    """Attention stand-in that differs per channel and per position, so a swapped axis changes the output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = x.shape
+        pos = torch.arange(h * w, dtype=x.dtype).reshape(1, 1, h, w) / (h * w)
+        return x * (1 + pos) + torch.arange(c, dtype=x.dtype).reshape(1, c, 1, 1) / c
+
+
+def _nchw(f, y):  # what a slot in channels-last layout should compute: f on the (B, C, H, W) map
+    return f(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("position", ["mid", "end"])
+def test_swin_slots_see_the_block_as_a_map(position):
+    # a shifted block, fed a non-square map (timm's dynamic-size Swin builds its mask per input)
+    block = build_model(ArchConfig.baseline(SWIN), num_classes=0).eval().layers[0].blocks[1]
+    x = torch.randn(2, 14, 21, 96)
+    probe = _Probe()
+    with torch.no_grad():
+        b, h, w, c = x.shape
+        a = block._attn(block.norm1(x))
+        x1 = x + (_nchw(probe, a) if position == "mid" else a)
+        t = x1.reshape(b, -1, c)
+        m = block.mlp(block.norm2(t))
+        if position == "end":
+            m = _nchw(probe, m.reshape(b, h, w, c)).reshape(b, -1, c)
+        expected = (t + m).reshape(b, h, w, c)
+        attach(block, "swin", position, probe)
+        assert torch.allclose(block(x), expected, atol=1e-5)
+
+
+def test_convnext_end_slot_on_channels_last_mlp():
+    block = timm.create_model("convnext_tiny", num_classes=0).eval().stages[0].blocks[0]
+    assert not block.use_conv_mlp  # timm's Linear MLP on (B, H, W, C): the slot must permute
+    x = torch.randn(2, 96, 10, 13)
+    probe = _Probe()
+    with torch.no_grad():
+        y = block.mlp(block.norm(block.conv_dw(x).permute(0, 2, 3, 1)))
+        expected = _nchw(probe, y).permute(0, 3, 1, 2) * block.gamma.reshape(1, -1, 1, 1) + x
+        attach(block, "convnext", "end", probe)
+        assert torch.allclose(block(x), expected, atol=1e-6)
+
+
+def test_swin_small_inputs():
+    arch = ArchConfig.paper_default(SWIN)
+    model = build_model(arch, num_classes=10)  # the 224 px network, any input whose sides divide by 4
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    model(x).sum().backward()  # 8/4/2/1 px maps, padded to the 7x7 windows, train
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(AssertionError, match=r"Input height \(30\) should be divisible by patch size \(4\)"):
+        model(torch.randn(1, 3, 30, 30))  # timm's own check, at the patch embedding
+    sized = build_model(arch, num_classes=10, img_size=64).eval()  # timm's network for 64 px: windows clamped
+    assert [blk.window_size for blk in (sized.layers[2].blocks[0], sized.layers[3].blocks[0])] == [(4, 4), (2, 2)]
+    assert sized(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.raises(AssertionError, match=r"Input height \(224\) doesn't match model \(64\)"):
+        sized(torch.randn(1, 3, 224, 224))
+    heights = [next(s for s in st if s.position == "end").height for st in slots(SWIN, 64)]
+    assert heights == [16, 8, 4, 2]
+
+
+def test_new_family_slots():
+    assert family("repvgg_b0") == "repvgg" and family("convnextv2_atto") == "convnext"
+    for backbone in ("repvgg_a0", SWIN, "convnext_atto"):
+        space = SearchSpace(backbone)
+        assert all(space.sample(seed).validate() for seed in range(20))
+    st = slots("repvgg_a0", 224)
+    assert [(s[0].channels, s[0].height, len(s) // 2) for s in st] == [(48, 56, 2), (96, 28, 4), (192, 14, 14),
+                                                                        (1280, 7, 1)]
+    assert {(s.position, s.anchor) for stage in st for s in stage} == {("mid", "act"), ("end", "attn")}
+    st = slots(SWIN, 224)
+    assert [(s[0].channels, s[0].height, len(s) // 2) for s in st] == [(96, 56, 2), (192, 28, 2), (384, 14, 6),
+                                                                        (768, 7, 2)]
+    assert {(s.position, s.anchor) for stage in st for s in stage} == {("mid", "drop_path1"), ("end", "mlp")}
+    st = slots("convnext_atto", 224)
+    assert [(s[0].channels, s[0].height, len(s) // 2) for s in st] == [(40, 56, 2), (80, 28, 2), (160, 14, 6),
+                                                                        (320, 7, 2)]
