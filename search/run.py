@@ -133,7 +133,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
     from results.report import finalize
 
     from .progress import SearchStopper
-    from .scheduler import ParetoASHAScheduler, promotion_band
+    from .scheduler import PROMOTION_BAND_SD, ParetoASHAScheduler, promotion_band
 
     out = settings.out_path
     space = SearchSpace.from_spec(settings.backbone, settings.space_spec)
@@ -189,8 +189,9 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
             echo(f"searching: {session_trials} trial(s) this session, up to {settings.max_concurrent} at a time "
                  f"x {settings.cpus_per_trial} CPU(s)"
                  + (f" + {settings.gpus_per_trial:g} GPU" if settings.gpus_per_trial else "")
-                 + (f"; early stopping promotes ties within {scheduler.band:.3g} {settings.objectives[0]} (the "
-                    f"preset's seed noise at the first rung)" if getattr(scheduler, "band", 0) else "")
+                 + (f"; early stopping promotes ties within {scheduler.band:.3g} {settings.objectives[0]} "
+                    f"({PROMOTION_BAND_SD:g} x the preset's seed sd at the first rung)"
+                    if getattr(scheduler, "band", 0) else "")
                  + f"; results in {out}")
             fit(searcher, scheduler, session_trials, settings.budget)
         if not (stopper.interrupted or stopper.timed_out):
