@@ -53,7 +53,8 @@ def replicate_seed(seed: int, replicate: int, attempt: int = 0) -> int:
 
 
 def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | None = None) -> list[Launch]:
-    """Replicates still to run: interrupted ones first (same ids), then those of finalists not yet replicated."""
+    """Replicates still to run: interrupted ones first (same ids), then those of finalists not yet replicated; at
+    most ``limit`` configs replicated over all rounds (the references always)."""
     reruns = [ledger.launches[t] for t in ledger.unfinished_ids(replicates=True)]
     if k <= 0:
         return reruns
@@ -62,9 +63,17 @@ def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | 
     band = NOISE_BAND_SD * sd if math.isfinite(sd) else 0.0
     new = []
     number = ledger.next_number()
-    for trial_id in finalists(config_means(df, objectives), objectives, band, limit):
-        have = ledger.replicates_of(trial_id)
+    # The limit counts every config replicated in any round: replicating the front pulls its means back toward the
+    # others (the winner's curse undone), which puts single draws on the front of the next round, and so on.
+    replicated = {launch.replicate_of for launch in ledger.launches.values() if launch.replicate_of}
+    room = math.inf if limit is None else limit - len(replicated)
+    for trial_id in finalists(config_means(df, objectives), objectives, band):
         first = ledger.launches[trial_id]
+        if trial_id not in replicated:
+            if room <= 0 and not first.reference:
+                continue
+            room -= 1
+        have = ledger.replicates_of(trial_id)
         for r in range(1, k + 1):
             if r not in have:
                 new.append(Launch(number=number, trial_id=f"{trial_id}r{r}", config=first.config,

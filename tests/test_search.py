@@ -116,6 +116,27 @@ def test_replicates_plan_the_finalists_reruns_first_never_twice_and_stay_out_of_
     assert replicate_seed(0, 0, 1) == 1 and replicate_seed(5, 2, 1) == 5 + 2 * SEED_STRIDE + 1
 
 
+def test_the_replicate_limit_counts_configs_over_all_rounds(tmp_path):
+    from search.replicates import plan_replicates
+
+    archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
+             SearchSpace("resnet18").sample(1), SearchSpace("resnet18").sample(2)]
+    ledger = Ledger.open(tmp_path, OBJ)
+    for i, (a, ref, acc, g) in enumerate(zip(archs, ["baseline", "paper_default", "", ""], [0.80, 0.79, 0.85, 0.84],
+                                             [1.0, 1.2, 1.1, 1.05], strict=True)):
+        launch = _launch(i, a, ref)
+        ledger.launch(launch)
+        ledger.finish(_record(launch, "completed", acc=acc, gflops=g))
+    plan = plan_replicates(ledger, OBJ, 1, limit=3)  # references first, then the front: t0002 or t0003, not both
+    assert [r.replicate_of for r in plan] == ["t0000", "t0001", "t0003"]
+    for r in plan:  # the replicate pulls t0003 down: t0002 is now alone on the front, but the limit is spent
+        ledger.launch(r)
+        ledger.finish({**_record(r, "completed", acc={"t0003": 0.70}.get(r.replicate_of, 0.80)),
+                       "replicate_of": r.replicate_of})
+    assert plan_replicates(ledger, OBJ, 1, limit=3) == []
+    assert [r.replicate_of for r in plan_replicates(ledger, OBJ, 1, limit=4)] == ["t0002"]
+
+
 # ------------------------------------------------------------------------------------------------ the searcher
 
 
