@@ -38,7 +38,7 @@ NOISE_BAND_SD = 2.0
 #: replicating every tie would cost twice the search itself.
 FINALIST_SHARE = 0.05
 #: ... but never fewer than this many (small searches replicate all they have within the band).
-MIN_FINALISTS = 8
+MIN_FINALISTS = 4
 
 
 def max_finalists(budget: int) -> int:
