@@ -57,6 +57,15 @@ def _check_int(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _check_settings(resolution: int, batch: int, repeats: int, warmup: int, threads: int | None) -> None:
+    _check_int("resolution", resolution, 1)
+    _check_int("batch", batch, 1)
+    _check_int("repeats", repeats, 1)
+    _check_int("warmup", warmup, 0)
+    if threads is not None:
+        _check_int("threads", threads, 1)
+
+
 def measure_latency(
     arch: ArchConfig | nn.Module,
     resolution: int = 224,
@@ -84,12 +93,7 @@ def measure_latency(
             is reported as ``batch``.
         num_classes: classifier width when ``arch`` is an ``ArchConfig``.
     """
-    _check_int("resolution", resolution, 1)
-    _check_int("batch", batch, 1)
-    _check_int("repeats", repeats, 1)
-    _check_int("warmup", warmup, 0)
-    if threads is not None:
-        _check_int("threads", threads, 1)
+    _check_settings(resolution, batch, repeats, warmup, threads)
     dev = resolve_device(device)
 
     if isinstance(arch, ArchConfig):
@@ -260,12 +264,7 @@ def latency_ratio(
     """
     if not isinstance(arch, ArchConfig):
         raise TypeError(f"latency_ratio() takes an ArchConfig, got {type(arch).__name__}")
-    _check_int("resolution", resolution, 1)
-    _check_int("batch", batch, 1)
-    _check_int("repeats", repeats, 1)
-    _check_int("warmup", warmup, 0)
-    if threads is not None:
-        _check_int("threads", threads, 1)
+    _check_settings(resolution, batch, repeats, warmup, threads)
     dev = resolve_device(device)
     n_threads = threads if threads is not None else torch.get_num_threads()
     cache = default_cache() if cache is None else cache
