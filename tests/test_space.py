@@ -95,6 +95,9 @@ def test_families_sample_build_and_run(backbone):
     archs = [ArchConfig.paper_default(backbone)] + [space.sample(seed) for seed in range(2)]
     archs += [ArchConfig(backbone, tuple(StageConfig.scsa(position="end", groups=2, kernels=(3, 5), heads=2)
                                          for _ in archs[0].stages))]
+    # the baselines the paper compares with, at both slots: coordinate attention and global context
+    archs += [ArchConfig(backbone, tuple(StageConfig(attn=attn, position=pos, blocks="all") for _ in archs[0].stages))
+              for attn, pos in (("ca", "mid"), ("gc", "end"))]
     for i, arch in enumerate(archs):
         model = build_model(arch, num_classes=10).eval()
         with torch.no_grad():
