@@ -147,7 +147,7 @@ def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
     launched = len((out / "launched.jsonl").read_text().splitlines())
     budget = max(8, launched + 2)  # the resume both re-runs what the kill interrupted and launches new trials
 
-    # the first resume finishes the budget's trials and is killed among the replicates (2 more seeds of >= 3 finalists)
+    # the first resume finishes the budget's trials and is killed among the replicates (2 more seeds of each finalist)
     _kill_minus_9(_start_until(["--resume", "--budget", str(budget), *args], out,
                                lambda rows: any(r.get("replicate_of") for r in rows)), "its replicates")
     among = _rows(out)
@@ -164,9 +164,10 @@ def test_kill_minus_9_then_resume_reaches_the_budget_exactly(tmp_path):
     for r in before + among:  # nothing recorded before either kill was lost or re-run
         assert {k: kept[r["trial_id"]][k] for k in ("status", "accuracy", "time_s", "config_json")} == \
                {k: r[k] for k in ("status", "accuracy", "time_s", "config_json")}
-    # every finalist has replicates 1 and 2, each exactly once, whatever the kill interrupted
+    # every finalist has replicates 1 and 2, each exactly once, whatever the kill interrupted; the finalists always
+    # include both references (never stopped), and which other configs join them depends on the CPU's kernels
     ids = [r["trial_id"] for r in replicates]
-    assert len(ids) == len(set(ids)) and len({r["replicate_of"] for r in replicates}) >= 3
+    assert len(ids) == len(set(ids)) and {"t0000", "t0001"} <= {r["replicate_of"] for r in replicates}
     for tid in {r["replicate_of"] for r in replicates}:
         assert sorted(i for i in ids if i.startswith(tid + "r")) == [f"{tid}r{k}" for k in (1, 2)]
     study = optuna.load_study(study_name="scsa-search", storage=f"sqlite:///{out / 'study.db'}")
