@@ -1,5 +1,4 @@
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# pytest-xdist runs the tests in one process per core (setup.cfg: each test file goes to one of them as a whole,
+# so that a module's shared search or Ray head is set up once). Each takes its share of the cores: workers that
+# oversubscribe them slow each other down.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _WORKERS)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first, so that their files are handed out first (``--no-loadscope-reorder``) and the longest
+    ones do not start last and leave one worker running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")
@@ -22,23 +31,3 @@ def reference_vectors():
     if not path.exists():
         pytest.skip(f"reference vectors not found at {path}")
     return torch.load(path, weights_only=True)["cases"]
-
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture(scope="session")
-def smoke_search(tmp_path_factory):
-    """One real search that several tests read: 6 smoke trials of resnet18, one at a time, one retry, two
-    injected failures (t0003 fails once then succeeds, t0004 always), then 2 replicates of each finalist.
-    Returns ``(out, completed process)``."""
-    if not FASHION.is_dir():
-        pytest.skip(f"Fashion-MNIST not installed at {FASHION}")
-    out = tmp_path_factory.mktemp("smoke-search") / "run"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run_search.py"), "--budget", "6", "--backbone", "resnet18", "--proxy", "smoke",
-         "--out", str(out), "--max-concurrent", "1", "--retries", "1", "--replicates", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "SCSA_SEARCH_INJECT_FAULT": "t0003@0,t0004"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc

@@ -76,19 +76,29 @@ def head(tmp_path_factory):
 
 
 def _search(address: str, out: Path, home: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--budget", "3", "--backbone", "resnet18",
-                           "--proxy", "smoke", "--out", str(out), "--address", address, "--max-concurrent", "2",
-                           "--replicates", "0"],
-                          cwd=ROOT, env=_env(home), capture_output=True, text=True, timeout=timeout)
+    """The search as a process; the result carries its ``pid``."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--budget", "3", "--backbone", "resnet18",
+                             "--proxy", "smoke", "--out", str(out), "--address", address, "--max-concurrent", "2",
+                             "--replicates", "0"],
+                            cwd=ROOT, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    done.pid = proc.pid
+    return done
 
 
-def _drivers(temp_dir: str) -> set[str]:
-    return {p.name for p in Path(temp_dir, "session_latest", "logs").glob("python-core-driver-*")}
+def _drivers(temp_dir: str | Path, pid: int | str = "*") -> set[Path]:
+    """The driver logs under a Ray temp dir (Ray names them ``python-core-driver-<worker id>_<pid>.log``)."""
+    # session_[0-9]*: not session_latest, a link to one of them
+    return set(Path(temp_dir).glob(f"session_[0-9]*/logs/python-core-driver-*_{pid}.log"))
 
 
 def test_search_joins_the_head_and_runs_its_trials_there(head, tmp_path):
-    local_sessions = set(Path("/tmp/ray").glob("session_*")) if Path("/tmp/ray").is_dir() else set()
-    drivers = _drivers(head["temp_dir"])
     out = tmp_path / "run"
     proc = _search(head["address"], out, head["home"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -98,10 +108,10 @@ def test_search_joins_the_head_and_runs_its_trials_there(head, tmp_path):
     assert all(r["status"] in ("completed", "stopped") for r in rows)
     for name in ("pareto.csv", "pareto.png", "best_config.json", "best_config_mmpretrain.py", "study.db"):
         assert (out / name).stat().st_size > 0, name
-    # the driver registered with the head, and started no Ray of its own
-    assert len(_drivers(head["temp_dir"]) - drivers) == 1
-    now = set(Path("/tmp/ray").glob("session_*")) if Path("/tmp/ray").is_dir() else set()
-    assert now == local_sessions
+    # the driver registered with the head, and started no Ray of its own (a local Ray's session, under Ray's
+    # default temp dir, would hold this driver's log; other processes may run Ray there at the same time)
+    assert len(_drivers(head["temp_dir"], proc.pid)) == 1
+    assert not _drivers(Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray"), proc.pid)
     results = [json.loads(line) for f in (out / "ray").glob("session-0/*/result.json")
                for line in f.read_text().splitlines() if line]
     assert results and {r["node_ip"] for r in results} == {"127.0.0.1"}
