@@ -92,8 +92,8 @@ def _search(address: str, out: Path, home: Path, timeout: float = 600) -> subpro
     return done
 
 
-def _drivers(temp_dir: str | Path, pid: int | str = "*") -> set[Path]:
-    """The driver logs under a Ray temp dir (Ray names them ``python-core-driver-<worker id>_<pid>.log``)."""
+def _drivers(temp_dir: str | Path, pid: int) -> set[Path]:
+    """Process ``pid``'s driver logs under a Ray temp dir (named ``python-core-driver-<worker id>_<pid>.log``)."""
     # session_[0-9]*: not session_latest, a link to one of them
     return set(Path(temp_dir).glob(f"session_[0-9]*/logs/python-core-driver-*_{pid}.log"))
 
