@@ -7,6 +7,11 @@ trained with; see :mod:`results.replicates`), and stated as a mean gain ± its 9
 distinguishably better than the plain backbone, and the plain backbone meets the rule too, the plain backbone is
 chosen instead: attention that costs FLOPs must earn them by more than the noise. :attr:`Choice.note` says when
 that decided the choice.
+
+Once a search has replicates, the rule picks among the replicated configs only (the references and the front's
+members the replicate phase could afford, see ``search/replicates.py``): a config with one draw cannot be told
+from the noise, so picking it would hand the choice to the plain backbone however well the replicated
+candidates did. The note names the single-draw config the rule would otherwise have picked.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pandas as pd
 
 from results.noise import Interval, verdict
 from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS
-from results.replicates import config_means, paired_gain
+from results.replicates import SEEDS, config_means, paired_gain
 from results.schema import COMPLETED
 from results.select import parse_select_rule, select_best
 
@@ -70,7 +75,7 @@ def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
     chosen."""
     objectives = list(objectives)
     means = config_means(df, objectives) if means is None else means
-    pick = select_best(means, objectives, rule)
+    pick, aside = _pick(means, objectives, rule)
     quality = objectives[0]
     evidence = gains(df, means, pick, quality)
     base = evidence.get("baseline")
@@ -78,11 +83,29 @@ def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
     # min-gflops-over picks the cheapest config that reaches the bar: the plain backbone, the cheapest of all,
     # was not picked because it does not reach it.
     if base is None or base[1] in ("better", "same config") or name == "min-gflops-over":
-        return Choice(pick, evidence)
+        return Choice(pick, evidence, aside)
     baseline = means[means["trial_id"].astype(str) == _reference_id(means, "baseline")].iloc[0]
     diff, word = base
     measured = "no replicates to measure the noise with" if math.isnan(diff.half) else \
         f"{format_gain(diff, quality)} over it, {diff.n} paired seeds, 95 % interval"
     note = (f"The {rule} rule picked {pick['trial_id']}, but it is {word} from the plain backbone ({measured}); "
             f"the plain backbone is chosen instead: attention must earn its cost by more than the noise.")
-    return Choice(baseline, gains(df, means, baseline, quality), note, pick)
+    return Choice(baseline, gains(df, means, baseline, quality), " ".join(filter(None, [aside, note])), pick)
+
+
+def _pick(means: pd.DataFrame, objectives: list[str], rule: str) -> tuple[pd.Series, str]:
+    """The rule's pick among the replicated configs where there are any (see the module docstring), and a note
+    naming the single-draw config it would have picked among all; among all configs where none is replicated or
+    none of the replicated meets the rule."""
+    pick = select_best(means, objectives, rule)
+    seeds = pd.to_numeric(means[SEEDS], errors="coerce") if SEEDS in means.columns else pd.Series(1, means.index)
+    replicated = means[seeds >= 2]
+    if replicated.empty or seeds[pick.name] >= 2:
+        return pick, ""
+    try:
+        among = select_best(replicated, objectives, rule)
+    except ValueError:
+        return pick, ""
+    return among, (f"The {rule} rule picks among the {len(replicated)} configs trained with replicates; over all "
+                   f"configs it would have picked {pick['trial_id']}, which has a single draw that cannot be told "
+                   f"from the seed noise.")

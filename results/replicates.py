@@ -20,9 +20,10 @@ import pandas as pd
 from results.noise import Interval, interval, paired_difference, pooled_sd
 from results.pareto import OBJECTIVE_DIRECTIONS, pareto_front
 from results.schema import COMPLETED
+from results.select import select_best
 
 __all__ = ["REPLICATE_OF", "SEEDS", "config_means", "finalists", "interval_column", "noise_estimate",
-           "paired_gain", "seed_table"]
+           "paired_gain", "rule_order", "seed_table"]
 
 #: Column of a replicate row: the trial id of the config's first trial ("" on the first trial itself).
 REPLICATE_OF = "replicate_of"
@@ -102,19 +103,36 @@ def paired_gain(df: pd.DataFrame, trial: str, other: str, column: str) -> Interv
     return paired_difference(list(both.loc[trial]), list(both.loc[other]))
 
 
-def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float, limit: int | None = None) -> list[str]:
+def rule_order(front: pd.DataFrame, objectives: Sequence[str], rule: str) -> list[str]:
+    """The front's trial ids in the order the selection ``rule`` prefers them: its pick, then its pick among the
+    rest, and so on (what the rule cannot pick, e.g. above a GFLOPs bound, last, cheapest first)."""
+    rest, order = front.reset_index(drop=True), []
+    while len(rest):
+        try:
+            label = select_best(rest, objectives, rule).name
+        except ValueError:
+            break
+        order.append(str(rest.loc[label, "trial_id"]))
+        rest = rest.drop(index=label)
+    return order + list(rest["trial_id"].astype(str))
+
+
+def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float, limit: int | None = None,
+              rule: str | None = None) -> list[str]:
     """Configs (first trial ids) worth replicating: the references, the front of the means, and every completed
     config whose first objective is within ``band`` of the front at no more cost (``band``: an absolute
     difference in that objective's units, e.g. 2.8 seed sd for the difference of two single draws).
 
     With ``limit``, the configs within the band are taken nearest the front first, until there are ``limit``
     finalists (the references and the front are always in): where configs differ by less than the seed noise,
-    nearly every config is within the band, and replicating them all would cost more than the search."""
+    nearly every config is within the band, and replicating them all would cost more than the search. The front
+    comes in the order the selection ``rule`` prefers (:func:`rule_order`; by GFLOPs without one), so that a
+    caller who can afford only the first few replicates those the choice will be made among."""
     quality, costs = objectives[0], list(objectives[1:])
     done = means[means["status"] == COMPLETED]
     picked = list(done.loc[done["reference"].fillna("").astype(str) != "", "trial_id"].astype(str))
     front = pareto_front(done, objectives)
-    picked += list(front["trial_id"].astype(str))
+    picked += rule_order(front, objectives, rule) if rule else list(front["trial_id"].astype(str))
     picked = list(dict.fromkeys(picked))
     near: list[tuple[float, str]] = []
     if band > 0 and math.isfinite(band) and len(front):

@@ -33,17 +33,20 @@ __all__ = ["FINALIST_SHARE", "MIN_FINALISTS", "NOISE_BAND_SD", "SEED_STRIDE", "R
 SEED_STRIDE = 1000
 #: The noise band of the front, in pooled seed standard deviations of the first objective.
 NOISE_BAND_SD = 2.0
-#: At most this share of the budget is replicated (references and front always; then the configs within the noise
-#: band, nearest the front first). The default resnet50 search found 45 of its first 50 configs within the band:
-#: replicating every tie would cost twice the search itself.
-FINALIST_SHARE = 0.05
+#: At most this share of the budget is replicated (references first, then the front in the order the selection rule
+#: prefers it, then the configs within the noise band, nearest the front first). The default resnet50 search found
+#: 45 of its first 50 configs within the band: replicating every tie would cost twice the search itself. At 0.05
+#: (10 configs) the default 200-trial run spent 6.2 min in two rounds of replicates and ended 1 min over its 60;
+#: 0.03 (6 configs, one round of 2 x 6 runs) is what fits. The choice is made among the replicated configs
+#: (results/choice.py), so these few are the ones the rule would pick.
+FINALIST_SHARE = 0.03
 #: ... but never fewer than this many (small searches replicate all they have within the band).
 MIN_FINALISTS = 4
 
 
 def max_finalists(budget: int) -> int:
     """How many configs the replicate phase of a ``budget``-trial search trains again at the most (see
-    :data:`FINALIST_SHARE`): 10 for the default 200 trials."""
+    :data:`FINALIST_SHARE`): 6 for the default 200 trials."""
     return max(MIN_FINALISTS, math.ceil(FINALIST_SHARE * budget))
 
 
@@ -52,9 +55,11 @@ def replicate_seed(seed: int, replicate: int, attempt: int = 0) -> int:
     return seed + replicate * SEED_STRIDE + attempt
 
 
-def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | None = None) -> list[Launch]:
+def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | None = None,
+                    rule: str | None = None) -> list[Launch]:
     """Replicates still to run: interrupted ones first (same ids), then those of finalists not yet replicated; at
-    most ``limit`` configs replicated over all rounds (the references always)."""
+    most ``limit`` configs replicated over all rounds (the references always; then the front in the order the
+    selection ``rule`` prefers it, see :func:`results.replicates.finalists`)."""
     reruns = [ledger.launches[t] for t in ledger.unfinished_ids(replicates=True)]
     if k <= 0:
         return reruns
@@ -67,7 +72,7 @@ def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | 
     # others (the winner's curse undone), which puts single draws on the front of the next round, and so on.
     replicated = {launch.replicate_of for launch in ledger.launches.values() if launch.replicate_of}
     room = math.inf if limit is None else limit - len(replicated)
-    for trial_id in finalists(config_means(df, objectives), objectives, band):
+    for trial_id in finalists(config_means(df, objectives), objectives, band, rule=rule):
         first = ledger.launches[trial_id]
         if trial_id not in replicated:
             if room <= 0 and not first.reference:

@@ -288,12 +288,12 @@ def _replicate(settings: SearchSettings, ledger: Ledger, fit: _Fitter, echo) -> 
     # Each round launches at least one replicate that did not exist, and configs are finite: this ends.
     while True:
         limit = max_finalists(settings.budget)
-        todo = plan_replicates(ledger, settings.objectives, settings.replicates, limit)
+        todo = plan_replicates(ledger, settings.objectives, settings.replicates, limit, settings.select)
         if not todo:
             break
         configs = len({launch.replicate_of for launch in todo})
         echo(f"replicates: {len(todo)} run(s) for {configs} finalist(s), {settings.replicates} more seed(s) each "
-             f"(at most {limit} finalists in all, nearest the front first)")
+             f"(at most {limit} finalists in all: the references, then the front as --select ranks it)")
         fit(ReplicateSearch(ledger, todo, settings.objectives, settings.modes), FIFOScheduler(), len(todo),
             len(todo), replicates=True)
         if fit.stopper.interrupted or fit.stopper.timed_out or fit.worker_lost is not None:

@@ -126,6 +126,20 @@ def test_a_pick_not_distinguishable_from_the_plain_backbone_yields_to_it(tmp_pat
     assert choose(single, ["accuracy", "gflops"], "min-gflops-over:0.84").best["trial_id"] == "t2"
 
 
+def test_with_replicates_the_rule_picks_among_the_replicated_configs():
+    # the sample's one draw is the best of all, but one draw cannot be told from the noise: the rule picks among the
+    # replicated configs, where the paper default beats the plain backbone by 5 points on every seed
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.85, 0.86, 0.84], 2: [0.90]})
+    choice = choose(df, ["accuracy", "gflops"], "max-accuracy")
+    assert choice.best["reference"] == "paper_default" and choice.gains["baseline"][1] == "better"
+    assert "picks among the 2 configs trained with replicates" in choice.note
+    assert "it would have picked t2, which has a single draw" in choice.note
+    # once the sample is replicated too it competes again
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.85, 0.86, 0.84], 2: [0.90, 0.89, 0.91]})
+    choice = choose(df, ["accuracy", "gflops"], "max-accuracy")
+    assert choice.best["trial_id"] == "t2" and choice.note == ""
+
+
 @pytest.mark.parametrize("backbone,mm_type,mm_arch,in_channels", [
     ("repvgg_a0", "RepVGG", "A0", 1280),
     ("swin_tiny_patch4_window7_224", "SwinTransformer", "tiny", 768),

@@ -11,7 +11,8 @@ import pytest
 
 from results.frame import trials_frame
 from results.noise import interval, paired_difference, pooled_sd, t_quantile, verdict
-from results.replicates import config_means, finalists, noise_estimate, paired_gain
+from results.pareto import pareto_front
+from results.replicates import config_means, finalists, noise_estimate, paired_gain, rule_order
 from space import ArchConfig, SearchSpace
 
 # Student's t 97.5 % quantiles from printed tables (df 1, 2, 3, 5, 10, 30) and the normal limit.
@@ -114,7 +115,18 @@ def test_a_limit_keeps_references_and_front_and_cuts_the_band_nearest_first():
     assert finalists(means, ["accuracy", "gflops"], band=0.02, limit=1) == ["t0", "t1", "t2"]  # never fewer
 
 
+def test_the_front_comes_in_the_order_the_selection_rule_prefers_it():
+    df = _frame({0: [0.80], 1: [0.81], 2: [0.84], 3: [0.86]})
+    means = config_means(df, ["accuracy", "gflops"])
+    # front by GFLOPs: t0 (1.82), t2 (1.825), t3 (1.826); t1 (1.83, 0.81) is dominated by t3
+    assert finalists(means, ["accuracy", "gflops"], band=0.0) == ["t0", "t1", "t2", "t3"]
+    assert finalists(means, ["accuracy", "gflops"], band=0.0, rule="max-accuracy") == ["t0", "t1", "t3", "t2"]
+    front = pareto_front(means, ["accuracy", "gflops"])
+    # under 1.8255 GFLOPs the rule picks t2, then t0; t3 it can never pick, so it comes last
+    assert rule_order(front, ["accuracy", "gflops"], "max-accuracy-under:1.8255") == ["t2", "t0", "t3"]
+
+
 def test_the_replicate_phase_is_bounded_by_a_share_of_the_budget():
     from search.replicates import MIN_FINALISTS, max_finalists
 
-    assert max_finalists(200) == 10 and max_finalists(6) == MIN_FINALISTS
+    assert max_finalists(200) == 6 and max_finalists(6) == MIN_FINALISTS
