@@ -34,7 +34,8 @@ __all__ = ["Choice", "choose", "format_gain"]
 @dataclass
 class Choice:
     """``best``: the chosen row of the per-config frame; ``gains``: reference name -> (paired gain of the first
-    objective, verdict); ``note``: why the plain backbone was chosen over the rule's pick, or ""."""
+    objective, verdict); ``note``: which single draw the rule set aside for a replicated config, and why the plain
+    backbone was chosen over the rule's pick, or ""."""
 
     best: pd.Series
     gains: dict[str, tuple[Interval, str]] = field(default_factory=dict)
