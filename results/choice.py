@@ -89,7 +89,8 @@ def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
     diff, word = base
     measured = "no replicates to measure the noise with" if math.isnan(diff.half) else \
         f"{format_gain(diff, quality)} over it, {diff.n} paired seeds, 95 % interval"
-    note = (f"The {rule} rule picked {pick['trial_id']}, but it is {word} from the plain backbone ({measured}); "
+    note = (f"{'Among them, the' if aside else 'The'} {rule} rule picked {pick['trial_id']}, but it is {word} from "
+            f"the plain backbone ({measured}); "
             f"the plain backbone is chosen instead: attention must earn its cost by more than the noise.")
     return Choice(baseline, gains(df, means, baseline, quality), " ".join(filter(None, [aside, note])), pick)
 

@@ -231,6 +231,9 @@ def best_config_markdown(
     arch = ArchConfig.from_dict(json.loads(best["config_json"]))
     plain = means[(means["reference"] == "baseline") & (means["status"] == COMPLETED)]
     base_gflops = float(plain["gflops"].iloc[0]) if len(plain) else math.nan
+    # latency is measured only when it is an objective; then it is a column of its own
+    latency = "latency_ms" in objectives
+    base_ms = float(plain["latency_ms"].iloc[0]) if latency and len(plain) else math.nan
     replicates = int((df[REPLICATE_OF].astype(str) != "").sum()) if REPLICATE_OF in df.columns else 0
     trials = len(df) - replicates
     sd, dof = noise_estimate(df, quality)
@@ -251,8 +254,9 @@ def best_config_markdown(
          "Seed noise: not measured (no replicates; run with --replicates K): no difference below is "
          "distinguishable from it."),
         "",
-        f"| | proxy {quality} (mean ± 95 % interval) | GFLOPs | FLOPs over plain | params (M) |",
-        "|---|---:|---:|---:|---:|",
+        f"| | proxy {quality} (mean ± 95 % interval) | GFLOPs | FLOPs over plain | params (M) |"
+        + (" latency (ms) | latency over plain |" if latency else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|---:|" if latency else ""),
     ]
     rows = [("**chosen**", best)]
     for name, label in REFERENCE_LABELS.items():
@@ -260,11 +264,12 @@ def best_config_markdown(
         rows.append((label, ref.iloc[0] if len(ref) else None))
     for label, row in rows:
         if row is None or row["status"] != COMPLETED:
-            lines.append(f"| {label} | not completed | | | |")
+            lines.append(f"| {label} | not completed | | | |" + (" | |" if latency else ""))
             continue
         over = _fmt(100 * (float(row["gflops"]) / base_gflops - 1), "+.2f")
+        ms = f" {_fmt(row['latency_ms'], '.1f')} | {_fmt(100 * (row['latency_ms'] / base_ms - 1), '+.1f')} % |"
         lines.append(f"| {label} | {_quality(row, quality)} | {_fmt(row['gflops'], '.4f')} | {over} % | "
-                     f"{_fmt(row['params'] / 1e6, '.3f')} |")
+                     f"{_fmt(row['params'] / 1e6, '.3f')} |" + (ms if latency else ""))
     for name, (diff, word) in choice.gains.items():
         if word == "same config":
             continue

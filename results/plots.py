@@ -40,7 +40,7 @@ from results.pareto import (
 from results.replicates import SEEDS, interval_column
 from results.schema import COMPLETED, FAILED, STOPPED, stage_numbers
 
-__all__ = ["param_importances", "plot_effects", "plot_hypervolume", "plot_pareto"]
+__all__ = ["cost_axis", "param_importances", "plot_effects", "plot_hypervolume", "plot_pareto"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,57 +116,59 @@ def plot_pareto(
     best_label: str = "chosen",
     title: str | None = None,
 ) -> Path:
-    """The first objective (the proxy score; accuracy in %) against GFLOPs at ``resolution`` px for every config,
-    with the front, the references and the finalists' intervals marked.
+    """The first objective (the proxy score; accuracy in %) against the first cost objective (GFLOPs at
+    ``resolution`` px, or latency, or parameters) for every config, with the front, the references and the
+    finalists' intervals marked.
 
     Completed configs are filled dots (means over their seeds, with 95 % interval bars where replicates exist);
     trials stopped early are faint hollow dots (their score is from a lower fidelity, so they are shown but never on
     the front). The score/GFLOPs front of completed configs is drawn as a step line (best score reachable at each
     GFLOPs budget); with more than two ``objectives`` the configs on the full multi-objective front are ringed as
     well. The rows with ``reference`` ``"baseline"`` and ``"paper_default"`` get their own markers and labels, and
-    ``best`` (a row from :func:`results.select.select_best`, or an index label of ``df``) a star. A second GFLOPs
+    ``best`` (a row from :func:`results.select.select_best`, or an index label of ``df``) a star. A second cost
     scale on top reads in % over the plain backbone. Returns the path written.
     """
     y = objectives[0]
+    x, xname, xlabel, xunit = cost_axis(objectives, resolution)
     scale, ylabel = _quality_scale(y)
     status = _status(df)
-    completed = _finite_xy(df[status == COMPLETED], "gflops", y)
-    stopped = _finite_xy(df[status == STOPPED], "gflops", y)
+    completed = _finite_xy(df[status == COMPLETED], x, y)
+    stopped = _finite_xy(df[status == STOPPED], x, y)
     n_failed = int((status == FAILED).sum())
 
     fig = _new_figure(8.0, 5.6)
     ax = fig.add_subplot()
     if len(stopped):
-        ax.scatter(stopped["gflops"], scale * stopped[y], s=28, facecolors="none", edgecolors="#999999", alpha=0.6,
+        ax.scatter(stopped[x], scale * stopped[y], s=28, facecolors="none", edgecolors="#999999", alpha=0.6,
                    linewidths=0.9, label=f"stopped early ({len(stopped)})", zorder=2)
     if len(completed):
-        ax.scatter(completed["gflops"], scale * completed[y], s=30, color="#4c72b0", alpha=0.55, linewidths=0,
+        ax.scatter(completed[x], scale * completed[y], s=30, color="#4c72b0", alpha=0.55, linewidths=0,
                    label=f"completed ({len(completed)})", zorder=3)
-        front = pareto_front(completed, [y, "gflops"])
-        # "post" steps: at a GFLOPs budget between two front points the best reachable score is the left one's.
-        ax.step(front["gflops"], scale * front[y], where="post", color="#dd8452", linewidth=1.8, zorder=4,
-                label=f"front: {y} vs GFLOPs ({len(front)})")
-        ax.scatter(front["gflops"], scale * front[y], s=34, color="#dd8452", zorder=5)
+        front = pareto_front(completed, [y, x]).sort_values(x, kind="mergesort")
+        # "post" steps: at a cost budget between two front points the best reachable score is the left one's.
+        ax.step(front[x], scale * front[y], where="post", color="#dd8452", linewidth=1.8, zorder=4,
+                label=f"front: {y} vs {xname} ({len(front)})")
+        ax.scatter(front[x], scale * front[y], s=34, color="#dd8452", zorder=5)
         if len(objectives) > 2:
             full = pareto_front(completed, objectives)
-            ax.scatter(full["gflops"], scale * full[y], s=110, facecolors="none", edgecolors="#55a868",
+            ax.scatter(full[x], scale * full[y], s=110, facecolors="none", edgecolors="#55a868",
                        linewidths=1.3, zorder=5, label=f"non-dominated in {', '.join(objectives)} ({len(full)})")
 
-    _interval_bars(ax, completed, y, scale)
-    _percent_axis(ax, df)
-    labels = _mark_references(ax, df, y, scale)
+    _interval_bars(ax, completed, y, scale, x)
+    _percent_axis(ax, df, x)
+    labels = _mark_references(ax, df, y, scale, x)
     chosen = _resolve_best(df, best)
-    if chosen is not None and np.isfinite(float(chosen.get("gflops", np.nan))):
-        gx, ay = float(chosen["gflops"]), scale * float(chosen[y])
+    if chosen is not None and np.isfinite(float(chosen.get(x, np.nan))):
+        gx, ay = float(chosen[x]), scale * float(chosen[y])
         value = f"{ay:.2f}%" if y == "accuracy" else f"{y} {ay:.4g}"
         ax.scatter([gx], [ay], s=320, marker="*", color="#f1c40f", edgecolors="black", linewidths=0.8, zorder=7,
-                   label=f"{best_label}: {value} at {gx:.3g} GFLOPs")
+                   label=f"{best_label}: {value} at {gx:.3g} {xunit}")
         # First in the list, so the chosen row gets the best label spot.
         labels.insert(0, (gx, ay, best_label, "#7d6608"))
 
     counts = f"{len(df)} configs: {len(completed)} completed, {len(stopped)} stopped, {n_failed} failed"
-    ax.set_title(title or f"{_backbone(df)}: {OBJECTIVE_LABELS.get(y, y)} vs GFLOPs\n{counts}", fontsize=11)
-    ax.set_xlabel(f"GFLOPs ({resolution} px)")
+    ax.set_title(title or f"{_backbone(df)}: {OBJECTIVE_LABELS.get(y, y)} vs {xname}\n{counts}", fontsize=11)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.1)
@@ -177,7 +179,7 @@ def plot_pareto(
     return _save(fig, path)
 
 
-def _interval_bars(ax: Axes, completed: pd.DataFrame, objective: str, scale: float) -> None:
+def _interval_bars(ax: Axes, completed: pd.DataFrame, objective: str, scale: float, x: str = "gflops") -> None:
     """95 % interval bars on the configs trained with several seeds (the finalists; see results.replicates)."""
     column = interval_column(objective)
     if column not in completed.columns:
@@ -186,21 +188,22 @@ def _interval_bars(ax: Axes, completed: pd.DataFrame, objective: str, scale: flo
     if rows.empty:
         return
     seeds = int(rows[SEEDS].max()) if SEEDS in rows.columns else 0
-    ax.errorbar(rows["gflops"], scale * rows[objective], yerr=scale * rows[column].astype(float), fmt="none",
+    ax.errorbar(rows[x], scale * rows[objective], yerr=scale * rows[column].astype(float), fmt="none",
                 ecolor="#333333", elinewidth=1.0, capsize=3, zorder=4,
                 label=f"finalists: mean of up to {seeds} seeds, 95 % interval ({len(rows)})")
 
 
-def _percent_axis(ax: Axes, df: pd.DataFrame) -> None:
-    """A second GFLOPs scale on top, in % over the plain backbone: how much of the cost the range really spans."""
-    if "reference" not in df.columns:
+def _percent_axis(ax: Axes, df: pd.DataFrame, x: str = "gflops") -> None:
+    """A second cost scale on top, in % over the plain backbone: how much of the cost the range really spans."""
+    if "reference" not in df.columns or x not in df.columns:
         return
-    plain = pd.to_numeric(df.loc[df["reference"].astype("string") == "baseline", "gflops"], errors="coerce").dropna()
+    plain = pd.to_numeric(df.loc[df["reference"].astype("string") == "baseline", x], errors="coerce").dropna()
     if plain.empty or not plain.iloc[0] > 0:
         return
     base = float(plain.iloc[0])
     top = ax.secondary_xaxis("top", functions=(lambda g: 100 * (g / base - 1), lambda p: base * (1 + p / 100)))
-    top.set_xlabel("FLOPs over the plain backbone (%)", fontsize=9)
+    what = "FLOPs" if x == "gflops" else cost_axis(["", x])[1]
+    top.set_xlabel(f"{what} over the plain backbone (%)", fontsize=9)
 
 
 def _place_labels(ax: Axes, labels: list[tuple[float, float, str, str]]) -> None:
@@ -248,13 +251,13 @@ def _place_labels(ax: Axes, labels: list[tuple[float, float, str, str]]) -> None
             break
 
 
-def _mark_references(ax: Axes, df: pd.DataFrame, y: str = "accuracy",
-                     scale: float = 100.0) -> list[tuple[float, float, str, str]]:
+def _mark_references(ax: Axes, df: pd.DataFrame, y: str = "accuracy", scale: float = 100.0,
+                     x: str = "gflops") -> list[tuple[float, float, str, str]]:
     """Plot the baseline and paper-default rows; return their labels for :func:`_place_labels`."""
     labels: list[tuple[float, float, str, str]] = []
     if "reference" not in df.columns:
         return labels
-    refs = _finite_xy(df, "gflops", y)
+    refs = _finite_xy(df, x, y)
     kinds = refs["reference"].astype("string").fillna("")
     for kind, label in REFERENCE_LABELS.items():
         rows = refs[kinds == kind]
@@ -263,11 +266,27 @@ def _mark_references(ax: Axes, df: pd.DataFrame, y: str = "accuracy",
         style = _REFERENCE_STYLE[kind]
         status = _status(rows)
         suffix = "" if (status == COMPLETED).all() else " (not completed)"
-        ax.scatter(rows["gflops"], scale * rows[y], s=70, marker=style["marker"], color=style["color"],
+        ax.scatter(rows[x], scale * rows[y], s=70, marker=style["marker"], color=style["color"],
                    edgecolors="white", linewidths=0.8, zorder=6, label=label + suffix)  # fmt: skip
         row = rows.iloc[0]
-        labels.append((float(row["gflops"]), scale * float(row[y]), label, style["color"]))
+        labels.append((float(row[x]), scale * float(row[y]), label, style["color"]))
     return labels
+
+
+def cost_axis(objectives: Sequence[str], resolution: int = 224) -> tuple[str, str, str, str]:
+    """The cost a front is drawn against: the first cost objective (GFLOPs without one), as (column, name, axis
+    label, unit).
+
+        >>> cost_axis(["accuracy", "latency_ms"])
+        ('latency_ms', 'latency', 'latency (ms, batch 1, 224 px)', 'ms')
+    """
+    x = objectives[1] if len(objectives) > 1 else "gflops"
+    name, label, unit = {
+        "gflops": ("GFLOPs", f"GFLOPs ({resolution} px)", "GFLOPs"),
+        "latency_ms": ("latency", f"latency (ms, batch 1, {resolution} px)", "ms"),
+        "params": ("parameters", "parameters", "parameters"),
+    }.get(x, (x, x, ""))
+    return x, name, label, unit
 
 
 # ------------------------------------------------------------------------------------------------ hypervolume

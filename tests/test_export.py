@@ -126,6 +126,18 @@ def test_a_pick_not_distinguishable_from_the_plain_backbone_yields_to_it(tmp_pat
     assert choose(single, ["accuracy", "gflops"], "min-gflops-over:0.84").best["trial_id"] == "t2"
 
 
+def test_a_latency_search_reports_the_latency_beside_the_flops(tmp_path):
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.85, 0.86, 0.84], 2: [0.83, 0.84, 0.82]})
+    df["latency_ms"] = df["trial_id"].str[:2].map({"t0": 10.0, "t1": 12.0, "t2": 11.0})
+    objectives = ["accuracy", "latency_ms"]
+    means = config_means(df, objectives)
+    choice = choose(df, objectives, "max-accuracy", means)
+    export_best(tmp_path, choice, df, means, objectives, "max-accuracy", num_classes=10)
+    md = (tmp_path / "best_config.md").read_text()
+    assert "| params (M) | latency (ms) | latency over plain |" in md
+    assert "| 12.0 | +20.0 % |" in md and "| 10.0 | +0.0 % |" in md
+
+
 def test_with_replicates_the_rule_picks_among_the_replicated_configs():
     # the sample's one draw is the best of all, but one draw cannot be told from the noise: the rule picks among the
     # replicated configs, where the paper default beats the plain backbone by 5 points on every seed

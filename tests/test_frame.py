@@ -19,7 +19,7 @@ from results.frame import (
 )
 from results.io import atomic_path, atomic_write_bytes, atomic_write_text
 from results.pareto import hypervolume_history, reference_point
-from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
+from results.plots import cost_axis, param_importances, plot_effects, plot_hypervolume, plot_pareto
 from results.select import select_best
 
 SCSA = {
@@ -210,6 +210,16 @@ def test_plots_write_png(tmp_path: Path) -> None:
                                     reference_point=ref))  # fmt: skip
     assert _is_png(plot_effects(df, tmp_path / "effects.png"))
     assert not [p for p in tmp_path.iterdir() if p.suffix != ".png"]
+
+
+def test_the_front_is_drawn_against_the_first_cost_objective(tmp_path: Path) -> None:
+    assert cost_axis(["accuracy", "latency_ms"]) == ("latency_ms", "latency", "latency (ms, batch 1, 224 px)", "ms")
+    assert cost_axis(["loss", "gflops", "latency_ms"], 160) == ("gflops", "GFLOPs", "GFLOPs (160 px)", "GFLOPs")
+    records = _records()
+    for record in records:
+        record.setdefault("latency_ms", 6.0)
+    df = trials_frame(records)
+    assert _is_png(plot_pareto(df, tmp_path / "latency.png", objectives=["accuracy", "latency_ms"]))
 
 
 def test_plots_survive_degenerate_frames(tmp_path: Path) -> None:
