@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LatencyCache", "default_cache", "device_label"]
+__all__ = ["LatencyCache", "cache_at", "default_cache", "device_label"]
 
 ENV_DIR = "SCSA_LATENCY_CACHE"
 
@@ -100,3 +100,22 @@ def default_cache() -> LatencyCache:
     if _DEFAULT is None:
         _DEFAULT = LatencyCache(os.environ.get(ENV_DIR) or None)
     return _DEFAULT
+
+
+_AT: dict[str, LatencyCache] = {}
+
+
+def cache_at(directory: str | os.PathLike[str] | None) -> LatencyCache:
+    """The process-wide cache on disk under ``directory`` (the default cache for ``None``).
+
+    A search gives its driver and every trial worker the same directory: the first measurement of the plain
+    backbone (the driver's, before the trials) then fixes the scale of ``latency_ms`` for every trial, and a config
+    measured once keeps its latency in every replicate, instead of each worker scaling ratios by its own first,
+    load-dependent, measurement of the plain backbone.
+    """
+    if directory is None:
+        return default_cache()
+    key = str(Path(directory).expanduser().resolve())
+    if key not in _AT:
+        _AT[key] = LatencyCache(key)
+    return _AT[key]

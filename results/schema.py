@@ -17,6 +17,7 @@ __all__ = [
     "CORE_COLUMNS",
     "FAILED",
     "FLOAT_COLUMNS",
+    "LATENCY_CACHE",
     "NUMERIC_STAGE_FIELDS",
     "PARETO_CSV",
     "STAGE_FIELDS",
@@ -37,6 +38,7 @@ TRIALS_CSV = "trials.csv"
 TRIALS_PARQUET = "trials.parquet"
 PARETO_CSV = "pareto.csv"
 STUDY_DB = "study.db"  # the Optuna study the search writes and the results read
+LATENCY_CACHE = "latency_cache"  # measured latencies, shared by a search's driver and trials (latency objective)
 COMPLETED, STOPPED, FAILED = "completed", "stopped", "failed"
 STATUSES: tuple[str, ...] = (COMPLETED, STOPPED, FAILED)
 

@@ -251,10 +251,13 @@ def _measure_cost_spread(settings: SearchSettings, space: SearchSpace) -> dict[s
     elif "latency_ms" in objectives:
         from evaluators.device import resolve_device
         from evaluators.latency import latency_ratio
+        from evaluators.latency_cache import cache_at
 
         device = resolve_device(settings.device)  # the trials' device: a local driver runs beside them
+        # the trials' cache: the plain backbone measured here, before any trial loads the machine, sets their scale
+        cache = cache_at(settings.latency_cache_dir())
         costs["latency_ms"] = lambda arch: latency_ratio(arch, resolution=settings.resolution, device=device,
-                                                         threads=settings.cpus_per_trial).latency_ms
+                                                         threads=settings.cpus_per_trial, cache=cache).latency_ms
     return cost_spread(space, settings.resolution, objectives, costs).to_dict()
 
 

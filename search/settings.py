@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from results.io import atomic_write_text
-from results.schema import STUDY_DB
+from results.schema import LATENCY_CACHE, STUDY_DB
 
 __all__ = [
     "MANIFEST",
@@ -110,6 +110,7 @@ class TrialSettings:
     threads: int
     resolution: int
     objectives: tuple[str, ...]
+    latency_cache: str | None = None  # the latency cache directory the driver and every trial share
 
 
 @dataclass
@@ -169,7 +170,17 @@ class SearchSettings:
         """What every trial of this search needs, frozen (the fidelity itself, not a preset to look up again)."""
         return TrialSettings(dataset=self.dataset, data_dir=self.data_dir, fidelity=dict(self.fidelity or {}),
                              seed=self.seed, device=self.device, threads=self.cpus_per_trial,
-                             resolution=self.resolution, objectives=tuple(self.objectives))
+                             resolution=self.resolution, objectives=tuple(self.objectives),
+                             latency_cache=self.latency_cache_dir())
+
+    def latency_cache_dir(self) -> str | None:
+        """Where the latencies of this search are cached, when latency is an objective: ``$SCSA_LATENCY_CACHE``
+        if set, else ``latency_cache/`` in ``--out`` (see :func:`evaluators.latency_cache.cache_at`)."""
+        from evaluators.latency_cache import ENV_DIR
+
+        if "latency_ms" not in self.objectives:
+            return None
+        return os.environ.get(ENV_DIR) or str(Path(self.out).resolve() / LATENCY_CACHE)
 
     # -- manifest --------------------------------------------------------------------------------------------
     def to_manifest(self) -> dict[str, Any]:

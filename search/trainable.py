@@ -152,9 +152,10 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
         # interleaved with the plain backbone and scaled by its cached time: a ratio that ranks configs run to run,
         # cached per config in the worker (a replicate reuses it)
         from evaluators.latency import latency_ratio
+        from evaluators.latency_cache import cache_at
 
-        costs["latency_ms"] = latency_ratio(arch, resolution=settings.resolution, device=device,
-                                            threads=threads).latency_ms
+        costs["latency_ms"] = latency_ratio(arch, resolution=settings.resolution, device=device, threads=threads,
+                                            cache=cache_at(settings.latency_cache)).latency_ms
     attempt = int(config.get("attempt", 0))
     seed = replicate_seed(int(settings.seed), int(config.get("replicate", 0)), attempt)
     fid = Fidelity(**{**settings.fidelity, "threads": threads})

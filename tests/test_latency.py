@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from evaluators import latency
 from evaluators.device import resolve_device
 from evaluators.latency import LatencyResult, interleaved_times, latency_ratio, measure_latency, ratio_stats
-from evaluators.latency_cache import LatencyCache
+from evaluators.latency_cache import LatencyCache, cache_at
 from space import ArchConfig
 from space.scsa import SCSA
 
@@ -197,6 +198,29 @@ def test_latency_cache_on_disk(tmp_path, fake_pair):
     latency_ratio(paper, resolution=32, threads=1, cache=LatencyCache(tmp_path))
     assert len(fake_pair) == 2
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_search_shares_one_latency_scale_between_driver_and_trials(tmp_path, fake_pair, monkeypatch):
+    from search.settings import SearchSettings
+
+    monkeypatch.delenv("SCSA_LATENCY_CACHE", raising=False)
+    trial = SearchSettings(backbone="resnet18", budget=4, out=str(tmp_path / "run"),
+                           objectives=["accuracy", "latency_ms"]).for_trials()
+    assert trial.latency_cache == str((tmp_path / "run" / "latency_cache").resolve())
+    assert SearchSettings(backbone="resnet18", budget=4, out=str(tmp_path)).for_trials().latency_cache is None
+    # the driver measures the plain backbone before the trials (the cost spread line) ...
+    driver = latency_ratio(ArchConfig.baseline("resnet18"), resolution=32, threads=1,
+                           cache=cache_at(trial.latency_cache))
+    assert cache_at(Path(trial.latency_cache)) is cache_at(trial.latency_cache)
+    # ... and a trial worker (another process: another cache over the same directory) on a busier machine
+    # reports its ratio on the driver's scale; its replicate reuses the measurement
+    worker = LatencyCache(trial.latency_cache)
+    paper = latency_ratio(ArchConfig.paper_default("resnet18"), resolution=32, threads=1, cache=worker)
+    assert paper.plain_ms > driver.plain_ms and paper.reference_ms == driver.plain_ms
+    assert paper.latency_ms == pytest.approx(1.5 * driver.plain_ms)
+    again = latency_ratio(ArchConfig.paper_default("resnet18"), resolution=32, threads=1,
+                          cache=LatencyCache(trial.latency_cache))
+    assert again == paper and len(fake_pair) == 2
 
 
 def test_latency_cache_key():
