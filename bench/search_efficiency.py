@@ -25,7 +25,7 @@ The targets (issue "Is the search worth it where the cost is real"): the default
 ``hv_gain`` in <= 0.6 x the time random search took to reach it (geometric mean over seeds), and ends with >= 1.2 x
 random's final ``hv_gain``.
 
-    python bench/search_efficiency.py --backbone mobilenetv2_100 --time-budget 15 --seeds 0 1 2 \\
+    python bench/search_efficiency.py --backbone mobilenetv2_100 --time-budget 10 --seeds 0 1 2 \\
         --out docs/bench/search_efficiency_time.csv --png docs/search-efficiency-anytime.png
     python bench/search_efficiency.py --backbone resnet18 --budget 50     # the earlier, equal-trials form
 """
@@ -198,6 +198,11 @@ def pooled_hypervolume(trials: list[pd.DataFrame], ref: dict[str, float], object
     return hypervolume(pd.concat(trials, ignore_index=True), objectives, ref)
 
 
+def _common_seeds(table: pd.DataFrame, a: str, b: str) -> list[int]:
+    """The seeds both variants ran: comparisons are seed by seed (both runs of a seed train the same references)."""
+    return sorted(set(table[table.variant == a].seed) & set(table[table.variant == b].seed))
+
+
 def _geomean(values: list[float]) -> float:
     if not values or any(v <= 0 for v in values):
         return math.nan
@@ -217,8 +222,7 @@ def summarise_budget(table: pd.DataFrame) -> str:
                      f"stopped {rows.stopped.mean():.1f} of {rows.trials.mean():.0f}")
     by = table.set_index(["variant", "seed"])
     for a, b in (("nsga2-es", "random"), ("nsga2", "random"), ("nsga2-es", "nsga2")):
-        seeds = sorted(set(table[table.variant == a].seed) & set(table[table.variant == b].seed))
-        ratios = [by.loc[(a, s), "hypervolume"] / by.loc[(b, s), "hypervolume"] for s in seeds]
+        ratios = [by.loc[(a, s), "hypervolume"] / by.loc[(b, s), "hypervolume"] for s in _common_seeds(table, a, b)]
         if ratios:
             lines.append(f"HV {a} / {b}: " + ", ".join(f"{r:.3f}" for r in ratios)
                          + f" (geomean {_geomean(ratios):.3f})")
@@ -254,9 +258,8 @@ def summarise_time(table: pd.DataFrame, trials: pd.DataFrame) -> str:
                      f"{100 * rows.overhead_share.mean():.1f} %")
     by = table.set_index(["variant", "seed"])
     for variant in [v for v in VARIANTS if v != BASELINE_VARIANT and v in set(table.variant)]:
-        seeds = sorted(set(table[table.variant == variant].seed) & set(table[table.variant == BASELINE_VARIANT].seed))
         speed, final, words = [], [], []
-        for s in seeds:
+        for s in _common_seeds(table, variant, BASELINE_VARIANT):
             target = float(by.loc[(BASELINE_VARIANT, s), "hv_gain"])
             mine = float(by.loc[(variant, s), "hv_gain"])
             if target <= 0:
