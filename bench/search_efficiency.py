@@ -48,6 +48,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from results.frame import read_trials  # noqa: E402
+from results.noise import interval  # noqa: E402
 from results.pareto import hypervolume, loss_name, pareto_front, reference_point, to_loss  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -203,6 +204,19 @@ def _common_seeds(table: pd.DataFrame, a: str, b: str) -> list[int]:
     return sorted(set(table[table.variant == a].seed) & set(table[table.variant == b].seed))
 
 
+def ratio_interval(ratios: list[float]) -> str:
+    """The 95 % t-interval of the geometric mean of per-seed ratios (on their logarithms), and whether it tells
+    the two variants apart: a ratio is a difference only where its interval excludes 1."""
+    if any(r <= 0 or not math.isfinite(r) for r in ratios):
+        return "(no interval: a ratio is 0 or infinite)"
+    logs = interval([math.log(r) for r in ratios])
+    if math.isnan(logs.half):
+        return "(no interval from 1 seed)"
+    low, high = math.exp(logs.low), math.exp(logs.high)
+    word = "not distinguishable" if low <= 1.0 <= high else ("higher" if low > 1.0 else "lower")
+    return f"(95 % interval x{low:.2f}-x{high:.2f}: {word})"
+
+
 def _geomean(values: list[float]) -> float:
     if not values or any(v <= 0 for v in values):
         return math.nan
@@ -277,7 +291,8 @@ def summarise_time(table: pd.DataFrame, trials: pd.DataFrame) -> str:
             lines.append(f"{variant} vs random: " + "; ".join(words))
         if speed:
             lines.append(f"  geometric mean over {len(speed)} seed(s): time to random's final x{_geomean(speed):.2f} "
-                         f"(target <= 0.6 for the default), final hv_gain x{_geomean(final):.2f} (target >= 1.2)")
+                         f"(target <= 0.6 for the default), final hv_gain x{_geomean(final):.2f} "
+                         f"{ratio_interval(final)} (target >= 1.2)")
     return "\n".join(lines)
 
 

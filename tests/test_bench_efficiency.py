@@ -7,7 +7,14 @@ import math
 import pandas as pd
 import pytest
 
-from bench.search_efficiency import anytime, gain_hypervolume, plot_anytime, summarise_time, time_to_reach
+from bench.search_efficiency import (
+    anytime,
+    gain_hypervolume,
+    plot_anytime,
+    ratio_interval,
+    summarise_time,
+    time_to_reach,
+)
 
 OBJ = ["loss", "gflops"]
 
@@ -48,3 +55,10 @@ def test_the_summary_compares_each_variant_with_random_search_seed_by_seed(tmp_p
     assert "seed 0: reached random's final in 0.5 min against random's 1.0 min (x0.50); final x1.33" in text
     assert "time to random's final x0.50" in text and "final hv_gain x1.33" in text
     assert plot_anytime(table, trials, tmp_path / "anytime.png").stat().st_size > 0
+
+
+def test_a_ratio_over_seeds_is_a_difference_only_where_its_interval_excludes_1():
+    assert ratio_interval([1.3]) == "(no interval from 1 seed)"
+    assert ratio_interval([1.3, 1.31, 1.29]).endswith(": higher)")
+    assert ratio_interval([0.8, 1.3, 1.05]).endswith(": not distinguishable)")
+    assert ratio_interval([1.2, math.inf]).startswith("(no interval")
