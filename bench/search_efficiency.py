@@ -293,6 +293,14 @@ def summarise_time(table: pd.DataFrame, trials: pd.DataFrame) -> str:
             lines.append(f"  geometric mean over {len(speed)} seed(s): time to random's final x{_geomean(speed):.2f} "
                          f"(target <= 0.6 for the default), final hv_gain x{_geomean(final):.2f} "
                          f"{ratio_interval(final)} (target >= 1.2)")
+    # "If a variant beats the default, make it the default": each against the default, seed by seed
+    for variant in [v for v in VARIANTS if v != DEFAULT_VARIANT and v in set(table.variant)]:
+        ratios = [float(by.loc[(variant, s), "hv_gain"]) / float(by.loc[(DEFAULT_VARIANT, s), "hv_gain"])
+                  for s in _common_seeds(table, variant, DEFAULT_VARIANT)
+                  if float(by.loc[(DEFAULT_VARIANT, s), "hv_gain"]) > 0]
+        if ratios:
+            lines.append(f"{variant} / {DEFAULT_VARIANT} final hv_gain: " + ", ".join(f"x{r:.2f}" for r in ratios)
+                         + f", geometric mean x{_geomean(ratios):.2f} {ratio_interval(ratios)}")
     return "\n".join(lines)
 
 

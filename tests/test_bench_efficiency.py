@@ -54,6 +54,7 @@ def test_the_summary_compares_each_variant_with_random_search_seed_by_seed(tmp_p
     # random reached its final 0.003 at 60 s, the default at 30 s: half the time; and it ended 4/3 higher
     assert "seed 0: reached random's final in 0.5 min against random's 1.0 min (x0.50); final x1.33" in text
     assert "time to random's final x0.50" in text and "final hv_gain x1.33" in text
+    assert "random / nsga2-es final hv_gain: x0.75, geometric mean x0.75 (no interval from 1 seed)" in text
     assert plot_anytime(table, trials, tmp_path / "anytime.png").stat().st_size > 0
 
 
