@@ -305,36 +305,49 @@ def summarise_time(table: pd.DataFrame, trials: pd.DataFrame) -> str:
 
 
 def plot_anytime(table: pd.DataFrame, trials: pd.DataFrame, path: Path) -> Path:
-    """``hv_gain`` against wall time: per variant the mean over seeds (step curves on a common grid) and the band
-    between the lowest and highest seed."""
+    """``hv_gain`` against wall time, each run's curve divided by random search's final ``hv_gain`` of the same
+    seed (the seeds' boxes differ in size: each is set by that seed's draw of the plain backbone), so 1 is where
+    random search ended and the targets read off directly. Per variant: the geometric mean over seeds (step curves
+    on a common grid) and the band between the lowest and highest seed. Without random search's runs, raw values."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = curves(table, trials)
+    finals = {int(r.seed): float(r.hv_gain) for r in table.itertuples(index=False) if r.variant == BASELINE_VARIANT}
+    relative = bool(finals) and all(v > 0 for v in finals.values())
     horizon = float(table.wall_s.max())
     grid = np.linspace(0.0, horizon, 200)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for variant in [v for v in VARIANTS if v in set(table.variant)]:
         stacked = []
-        for (v, _), curve in runs.items():
-            if v != variant:
+        for (v, seed), curve in runs.items():
+            if v != variant or (relative and seed not in finals):
                 continue
             idx = np.searchsorted(curve.index.to_numpy(), grid, side="right") - 1
-            values = np.where(idx >= 0, curve.to_numpy()[np.clip(idx, 0, None)] if len(curve) else 0.0, 0.0)
-            stacked.append(values)
-        stacked = np.array(stacked) * 1e3
+            values = curve.to_numpy()[np.clip(idx, 0, None)] if len(curve) else np.zeros_like(grid)
+            values = np.where(idx >= 0, values, 0.0)
+            stacked.append(values / finals[seed] if relative else 1e3 * values)
+        if not stacked:
+            continue
+        stacked = np.array(stacked)
+        # geometric mean of ratios (0 before a run's first gain: the arithmetic mean there)
+        middle = np.exp(np.log(np.where(stacked > 0, stacked, np.nan)).mean(axis=0)) if relative else \
+            stacked.mean(axis=0)
+        middle = np.where(np.isnan(middle), stacked.mean(axis=0), middle)
         minutes = grid / 60
         label = f"{variant} ({len(stacked)} seed{'s' if len(stacked) != 1 else ''})"
-        line, = ax.step(minutes, stacked.mean(axis=0), where="post", label=label)
-        ax.fill_between(minutes, stacked.min(axis=0), stacked.max(axis=0), step="post", alpha=0.15,
+        line, = ax.step(minutes, middle, where="post", label=label)
+        ax.fill_between(minutes, stacked.min(axis=0), stacked.max(axis=0), step="post", alpha=0.12,
                         color=line.get_color())
     first = table.iloc[0]
+    if relative:
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_xlabel("wall time of the whole command (min)")
-    ax.set_ylabel("hv_gain (x1e-3)")
+    ax.set_ylabel("hv_gain / random search's final (same seed)" if relative else "hv_gain (x1e-3)")
     ax.set_title(f"{first.backbone}, {first.proxy} proxy, {first.time_budget_min:g} min per run: "
-                 "mean over seeds, band min-max", fontsize=9)
+                 "geometric mean over seeds, band min-max", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
