@@ -150,7 +150,7 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
     costs: dict[str, Any] = {"gflops": cost.gflops, "params": int(cost.params)}
     if "latency_ms" in settings.objectives:
         # interleaved with the plain backbone and scaled by its cached time: a ratio that ranks configs run to run,
-        # cached per config in the worker (a replicate reuses it)
+        # cached per config in the search's shared cache (one scale for every trial; a replicate reuses it)
         from evaluators.latency import latency_ratio
         from evaluators.latency_cache import cache_at
 
