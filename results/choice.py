@@ -11,7 +11,12 @@ that decided the choice.
 Once a search has replicates, the rule picks among the replicated configs only (the references and the front's
 members the replicate phase could afford, see ``search/replicates.py``): a config with one draw cannot be told
 from the noise, so picking it would hand the choice to the plain backbone however well the replicated
-candidates did. The note names the single-draw config the rule would otherwise have picked.
+candidates did. The note names the single-draw config the rule would otherwise have picked, and says when the
+knee was a tie: the knee of a two-point front is equally far from both ends, and goes to the one with fewer GFLOPs.
+
+Whatever the rule picks, :attr:`Choice.finalists` compares every replicated config with the plain backbone seed by
+seed, so that a config the rule passed over but that is distinguishably better is not hidden
+(:func:`better_than_plain` says which).
 """
 
 from __future__ import annotations
@@ -23,12 +28,24 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from results.noise import Interval, verdict
-from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS
+from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, pareto_front
 from results.replicates import SEEDS, config_means, paired_gain
 from results.schema import COMPLETED
 from results.select import parse_select_rule, select_best
 
-__all__ = ["Choice", "choose", "format_gain"]
+__all__ = ["Choice", "Finalist", "better_than_plain", "choose", "compare_finalists", "format_gain"]
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A config trained with more than one seed: its per-config ``row``, its paired ``gain`` over the plain backbone
+    in the first objective with the ``verdict``, and whether it is ``on_front``: on the front of the replicated
+    configs' means."""
+
+    row: pd.Series
+    gain: Interval
+    verdict: str
+    on_front: bool
 
 
 @dataclass
@@ -41,6 +58,7 @@ class Choice:
     gains: dict[str, tuple[Interval, str]] = field(default_factory=dict)
     note: str = ""
     rule_pick: pd.Series | None = None
+    finalists: list[Finalist] = field(default_factory=list)
 
 
 def format_gain(diff: Interval, objective: str) -> str:
@@ -57,16 +75,20 @@ def _reference_id(means: pd.DataFrame, name: str) -> str | None:
 
 def gains(df: pd.DataFrame, means: pd.DataFrame, row: pd.Series, objective: str) -> dict[str, tuple[Interval, str]]:
     """Paired gain of ``row``'s config over each completed reference in ``objective``, with its verdict."""
-    direction = OBJECTIVE_DIRECTIONS.get(objective, "maximize")
     out = {}
     for name in REFERENCE_LABELS:
         ref = _reference_id(means, name)
-        if ref is None:
-            continue
-        diff = Interval(0.0, 0.0, 0) if ref == str(row["trial_id"]) else \
-            paired_gain(df, str(row["trial_id"]), ref, objective)
-        out[name] = (diff, "same config" if ref == str(row["trial_id"]) else verdict(diff, direction))
+        if ref is not None:
+            out[name] = _versus(df, str(row["trial_id"]), ref, objective)
     return out
+
+
+def _versus(df: pd.DataFrame, trial: str, other: str, objective: str) -> tuple[Interval, str]:
+    """Paired gain of config ``trial`` over config ``other`` in ``objective`` and its verdict."""
+    if trial == other:
+        return Interval(0.0, 0.0, 0), "same config"
+    diff = paired_gain(df, trial, other, objective)
+    return diff, verdict(diff, OBJECTIVE_DIRECTIONS.get(objective, "maximize"))
 
 
 def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
@@ -76,38 +98,95 @@ def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
     chosen."""
     objectives = list(objectives)
     means = config_means(df, objectives) if means is None else means
-    pick, aside = _pick(means, objectives, rule)
+    pick, aside, pool = _pick(means, objectives, rule)
     quality = objectives[0]
     evidence = gains(df, means, pick, quality)
     base = evidence.get("baseline")
     name, _ = parse_select_rule(rule)
+    tie = _knee_tie(pool, objectives, str(pick["trial_id"])) if name == "knee" else ""
+    compared = compare_finalists(df, means, objectives)
     # min-gflops-over picks the cheapest config that reaches the bar: the plain backbone, the cheapest of all,
     # was not picked because it does not reach it.
     if base is None or base[1] in ("better", "same config") or name == "min-gflops-over":
-        return Choice(pick, evidence, aside)
+        return Choice(pick, evidence, " ".join(filter(None, [aside, tie])), finalists=compared)
     baseline = means[means["trial_id"].astype(str) == _reference_id(means, "baseline")].iloc[0]
     diff, word = base
     measured = "no replicates to measure the noise with" if math.isnan(diff.half) else \
         f"{format_gain(diff, quality)} over it, {diff.n} paired seeds, 95 % interval"
-    note = (f"{'Among them, the' if aside else 'The'} {rule} rule picked {pick['trial_id']}, but it is {word} from "
-            f"the plain backbone ({measured}); "
+    lead = "Among them, the" if aside and not tie else "The"
+    note = (f"{lead} {rule} rule picked {pick['trial_id']}, but it is {word} from the plain backbone ({measured}); "
             f"the plain backbone is chosen instead: attention must earn its cost by more than the noise.")
-    return Choice(baseline, gains(df, means, baseline, quality), " ".join(filter(None, [aside, note])), pick)
+    return Choice(baseline, gains(df, means, baseline, quality), " ".join(filter(None, [aside, tie, note])), pick,
+                  compared)
 
 
-def _pick(means: pd.DataFrame, objectives: list[str], rule: str) -> tuple[pd.Series, str]:
-    """The rule's pick among the replicated configs where there are any (see the module docstring), and a note
-    naming the single-draw config it would have picked among all; among all configs where none is replicated or
-    none of the replicated meets the rule."""
+def compare_finalists(df: pd.DataFrame, means: pd.DataFrame, objectives: Sequence[str]) -> list[Finalist]:
+    """Every completed config with 2 or more seeds, by GFLOPs, against the plain backbone (see :class:`Finalist`);
+    empty without replicates or without a completed plain backbone."""
+    objectives = list(objectives)
+    base = _reference_id(means, "baseline")
+    if base is None or SEEDS not in means.columns:
+        return []
+    seeds = pd.to_numeric(means[SEEDS], errors="coerce").fillna(0)
+    replicated = means[(seeds >= 2) & (means["status"] == COMPLETED)]
+    if replicated.empty:
+        return []
+    front = set(pareto_front(replicated, objectives)["trial_id"].astype(str))
+    out = []
+    for _, row in replicated.sort_values("gflops", kind="mergesort").iterrows():
+        trial = str(row["trial_id"])
+        out.append(Finalist(row, *_versus(df, trial, base, objectives[0]), on_front=trial in front))
+    return out
+
+
+def better_than_plain(choice: Choice, objective: str) -> str:
+    """One sentence naming the replicated configs distinguishably better than the plain backbone in ``objective``,
+    with their paired gain and FLOPs over it; "" without replicates."""
+    if not choice.finalists:
+        return ""
+    base = next((f.row for f in choice.finalists if f.verdict == "same config"), None)
+    better = [f for f in choice.finalists if f.verdict == "better"]
+    if base is None or not better:
+        return (f"None of the {len(choice.finalists)} replicated configs is distinguishably better than the plain "
+                f"backbone in {objective}.")
+    parts = []
+    for f in better:
+        ref = str(f.row.get("reference", "") or "")
+        name = (f"the {REFERENCE_LABELS[ref]}, " if ref in REFERENCE_LABELS else "") + str(f.row["trial_id"])
+        over = 100.0 * (float(f.row["gflops"]) / float(base["gflops"]) - 1.0)
+        parts.append(f"{name}: {format_gain(f.gain, objective)} at {over:+.2f} % FLOPs")
+    chosen = str(choice.best["trial_id"])
+    tail = "" if any(str(f.row["trial_id"]) == chosen for f in better) else \
+        "; the rule did not choose any of them"
+    return (f"Distinguishably better than the plain backbone (paired, 95 % interval): {'; '.join(parts)}{tail}.")
+
+
+def _knee_tie(pool: pd.DataFrame, objectives: list[str], picked: str) -> str:
+    """The note for a knee that was a tie: a front of two points under two objectives, whose normalised ends are
+    equally far from the ideal point (see :func:`results.select.knee_point`)."""
+    front = pareto_front(pool, objectives)
+    if len(front) != 2 or len(objectives) != 2:
+        return ""
+    a, b = front["trial_id"].astype(str)
+    if picked != a:
+        return ""
+    return (f"The front it picks from has two points, {a} and {b}; its knee is a tie between them, which goes to "
+            f"the one with fewer GFLOPs, {a}.")
+
+
+def _pick(means: pd.DataFrame, objectives: list[str], rule: str) -> tuple[pd.Series, str, pd.DataFrame]:
+    """The rule's pick among the replicated configs where there are any (see the module docstring), a note naming
+    the single-draw config it would have picked among all, and the configs it picked from; among all configs where
+    none is replicated or none of the replicated meets the rule."""
     pick = select_best(means, objectives, rule)
     seeds = pd.to_numeric(means[SEEDS], errors="coerce") if SEEDS in means.columns else pd.Series(1, means.index)
     replicated = means[seeds >= 2]
     if replicated.empty or seeds[pick.name] >= 2:
-        return pick, ""
+        return pick, "", means
     try:
         among = select_best(replicated, objectives, rule)
     except ValueError:
-        return pick, ""
+        return pick, "", means
     return among, (f"The {rule} rule picks among the {len(replicated)} configs trained with replicates; over all "
                    f"configs it would have picked {pick['trial_id']}, which has a single draw that cannot be told "
-                   f"from the seed noise.")
+                   f"from the seed noise."), replicated

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.choice import Choice, format_gain
+from results.choice import Choice, better_than_plain, format_gain
 from results.io import atomic_write_text
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
 from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estimate
@@ -278,6 +278,7 @@ def best_config_markdown(
         lines += ["", f"Against the {REFERENCE_LABELS[name]}: {format_gain(diff, quality)} (paired over "
                       f"{diff.n} seed(s), 95 % interval): **{verdict_text}**; for "
                       f"{_fmt(best['gflops'] - ref['gflops'], '+.4f')} GFLOPs."]
+    lines += _finalists_markdown(choice, quality, base_gflops)
     lines += [
         "",
         "Per stage:",
@@ -301,6 +302,31 @@ def best_config_markdown(
            else "(not exactly expressible in the authors' backbone: see its header)."),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _finalists_markdown(choice: Choice, quality: str, base_gflops: float) -> list[str]:
+    """The replicated configs against the plain backbone: a sentence and a table (nothing without replicates)."""
+    if len(choice.finalists) < 2:
+        return []
+    chosen = str(choice.best["trial_id"])
+    lines = [
+        "", "## The replicated configs against the plain backbone", "",
+        "Every config trained with more than one seed, by GFLOPs. The difference from the plain backbone is paired "
+        "over the seeds both were trained with (mean ± 95 % interval); *front*: on the front of the replicated "
+        "configs' means.", "", better_than_plain(choice, quality), "",
+        f"| config | proxy {quality} (mean ± 95 % interval) | FLOPs over plain | {quality} minus plain (paired) "
+        "| verdict | front |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for f in choice.finalists:
+        ref = str(f.row.get("reference", "") or "")
+        name = (f"{REFERENCE_LABELS[ref]}, " if ref in REFERENCE_LABELS else "") + str(f.row["trial_id"])
+        name += " **chosen**" if str(f.row["trial_id"]) == chosen else ""
+        diff = "—" if f.verdict == "same config" else format_gain(f.gain, quality)
+        over = _fmt(100 * (float(f.row["gflops"]) / base_gflops - 1), "+.2f")
+        lines.append(f"| {name} | {_quality(f.row, quality)} | {over} % | {diff} | {f.verdict} | "
+                     f"{'yes' if f.on_front else ''} |")
+    return lines
 
 
 def export_best(

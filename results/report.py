@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.choice import choose
+from results.choice import better_than_plain, choose
 from results.export import NUM_CLASSES, export_best
 from results.frame import read_trials, trials_frame, write_pareto, write_trials
 from results.io import atomic_write_text
@@ -133,6 +133,7 @@ def finalize(
                                    dataset=dataset, num_classes=num_classes))
         _append_cost_spread(out, Path(written["best_config.md"]))
         written["note"] = choice.note
+        written["better_than_plain"] = better_than_plain(choice, objectives[0])
     written["best"] = best
     return written
 

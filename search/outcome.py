@@ -30,6 +30,7 @@ class SearchOutcome:
     replicate_counts: dict[str, int] = field(default_factory=dict)
     noise: str = ""
     note: str = ""  # why the choice differs from what the --select rule picked (results.choice)
+    better_than_plain: str = ""  # the replicated configs distinguishably better than the plain backbone
     written: dict[str, Any] = field(default_factory=dict)
     best: Any = None
     reason: str = ""
@@ -66,6 +67,8 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
               + (f" (mean of {seeds} seeds)" if seeds > 1 else "") + f", {float(best['gflops']):.3f} GFLOPs")
         if outcome.note:
             print(f"  {outcome.note}")
+        if outcome.better_than_plain:
+            print(f"  {outcome.better_than_plain}")
         try:
             print(f"  {ArchConfig.from_dict(json.loads(best['config_json'])).describe()}")
         except Exception:  # the id and numbers above are what matter

@@ -219,6 +219,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
         best=written.get("best"),
         reason=str(written.get("reason", "")),
         note=str(written.get("note", "")),
+        better_than_plain=str(written.get("better_than_plain", "")),
     )
 
 

@@ -8,7 +8,7 @@ import timm
 import torch
 
 import space.timm_models  # noqa: F401  (registers scsa_* entry points)
-from results.choice import choose
+from results.choice import better_than_plain, choose
 from results.export import export_best, mmpretrain_config, mmpretrain_limits, write_best_config
 from results.frame import trials_frame
 from results.replicates import config_means
@@ -150,6 +150,33 @@ def test_with_replicates_the_rule_picks_among_the_replicated_configs():
     df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.85, 0.86, 0.84], 2: [0.90, 0.89, 0.91]})
     choice = choose(df, ["accuracy", "gflops"], "max-accuracy")
     assert choice.best["trial_id"] == "t2" and choice.note == ""
+
+
+def test_a_knee_tie_is_said_and_every_replicated_config_is_compared_with_the_plain_backbone(tmp_path):
+    # the sample is worse than the plain backbone and costs more, so the front is {plain, paper default}: its knee
+    # is a tie between the two ends, taken by the cheaper; the paper default, better on every seed, is named anyway
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.83, 0.84, 0.82], 2: [0.79, 0.80, 0.78]})
+    objectives = ["accuracy", "gflops"]
+    means = config_means(df, objectives)
+    choice = choose(df, objectives, "knee", means)
+    assert choice.best["trial_id"] == "t0"
+    assert "two points, t0 and t1; its knee is a tie between them, which goes to the one with fewer GFLOPs" \
+        in choice.note
+    assert [(f.row["trial_id"], f.verdict, f.on_front) for f in choice.finalists] == [
+        ("t0", "same config", True), ("t2", "worse", False), ("t1", "better", True)]
+    assert better_than_plain(choice, "accuracy") == (
+        "Distinguishably better than the plain backbone (paired, 95 % interval): the paper default (SCSA "
+        "everywhere), t1: +3.00 ± 0.00 accuracy points at +0.55 % FLOPs; the rule did not choose any of them.")
+    export_best(tmp_path, choice, df, means, objectives, "knee", num_classes=10)
+    md = (tmp_path / "best_config.md").read_text()
+    assert "## The replicated configs against the plain backbone" in md
+    assert "| plain backbone, t0 **chosen** | 80.00 ± 2.48 % (3 seeds) | +0.00 % | — | same config | yes |" in md
+    assert "| t2 | 79.00 ± 2.48 % (3 seeds) | +0.27 % | -1.00 ± 0.00 accuracy points | worse |  |" in md
+    # a third point on the front takes the tie away; no replicates, no comparison
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.83, 0.84, 0.82], 2: [0.82, 0.83, 0.81]})
+    assert "tie" not in choose(df, objectives, "knee").note
+    single = choose(_replicated({0: [0.80], 1: [0.83], 2: [0.79]}), objectives, "knee")
+    assert single.finalists == [] and better_than_plain(single, "accuracy") == ""
 
 
 @pytest.mark.parametrize("backbone,mm_type,mm_arch,in_channels", [

@@ -92,6 +92,10 @@ def test_search_end_to_end(smoke_search):
     md = (out / "best_config.md").read_text()
     assert "Seed noise: the pooled within-config standard deviation of accuracy is" in md
     assert "(paired over 3 seed(s), 95 % interval): **" in md and " (3 seeds) |" in md
+    # every replicated config against the plain backbone, in the file and at the end of the output
+    assert "## The replicated configs against the plain backbone" in md
+    said = next(line for line in md.splitlines() if "distinguishably better than the plain backbone" in line.lower())
+    assert f"  {said}" in proc.stdout.splitlines()
     assert "seed noise of accuracy: sd " in proc.stdout and "replicate run(s) of the finalists" in proc.stdout
     noise = json.loads((out / "search.json").read_text())["noise"]
     assert noise["objective"] == "accuracy" and noise["sd"] >= 0 and noise["dof"] == 2 * len(finalists)
