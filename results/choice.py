@@ -12,7 +12,8 @@ Once a search has replicates, the rule picks among the replicated configs only (
 members the replicate phase could afford, see ``search/replicates.py``): a config with one draw cannot be told
 from the noise, so picking it would hand the choice to the plain backbone however well the replicated
 candidates did. The note names the single-draw config the rule would otherwise have picked, and says when the
-knee was a tie: the knee of a two-point front is equally far from both ends, and goes to the one with fewer GFLOPs.
+knee was a tie: the knee of a two-point front is equally far from both ends, and goes to the cheaper one (in the
+first cost objective).
 
 Whatever the rule picks, :attr:`Choice.finalists` compares every replicated config with the plain backbone seed by
 seed, so that a config the rule passed over but that is distinguishably better is not hidden
@@ -31,7 +32,7 @@ from results.noise import Interval, verdict
 from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, pareto_front
 from results.replicates import SEEDS, config_means, paired_gain
 from results.schema import COMPLETED
-from results.select import parse_select_rule, select_best
+from results.select import knee_front, parse_select_rule, select_best
 
 __all__ = ["Choice", "Finalist", "better_than_plain", "choose", "compare_finalists", "format_gain"]
 
@@ -114,7 +115,8 @@ def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
     measured = "no replicates to measure the noise with" if math.isnan(diff.half) else \
         f"{format_gain(diff, quality)} over it, {diff.n} paired seeds, 95 % interval"
     lead = "Among them, the" if aside and not tie else "The"
-    note = (f"{lead} {rule} rule picked {pick['trial_id']}, but it is {word} from the plain backbone ({measured}); "
+    relation = "worse than" if word == "worse" else f"{word} from"
+    note = (f"{lead} {rule} rule picked {pick['trial_id']}, but it is {relation} the plain backbone ({measured}); "
             f"the plain backbone is chosen instead: attention must earn its cost by more than the noise.")
     return Choice(baseline, gains(df, means, baseline, quality), " ".join(filter(None, [aside, tie, note])), pick,
                   compared)
@@ -164,14 +166,15 @@ def better_than_plain(choice: Choice, objective: str) -> str:
 def _knee_tie(pool: pd.DataFrame, objectives: list[str], picked: str) -> str:
     """The note for a knee that was a tie: a front of two points under two objectives, whose normalised ends are
     equally far from the ideal point (see :func:`results.select.knee_point`)."""
-    front = pareto_front(pool, objectives)
+    front = knee_front(pool, objectives)
     if len(front) != 2 or len(objectives) != 2:
         return ""
     a, b = front["trial_id"].astype(str)
     if picked != a:
         return ""
+    cost = "GFLOPs" if objectives[1] == "gflops" else objectives[1]
     return (f"The front it picks from has two points, {a} and {b}; its knee is a tie between them, which goes to "
-            f"the one with fewer GFLOPs, {a}.")
+            f"the cheaper in {cost}, {a}.")
 
 
 def _pick(means: pd.DataFrame, objectives: list[str], rule: str) -> tuple[pd.Series, str, pd.DataFrame]:

@@ -278,7 +278,7 @@ def best_config_markdown(
         lines += ["", f"Against the {REFERENCE_LABELS[name]}: {format_gain(diff, quality)} (paired over "
                       f"{diff.n} seed(s), 95 % interval): **{verdict_text}**; for "
                       f"{_fmt(best['gflops'] - ref['gflops'], '+.4f')} GFLOPs."]
-    lines += _finalists_markdown(choice, quality, base_gflops)
+    lines += _finalists_markdown(choice, quality, base_gflops, base_ms)
     lines += [
         "",
         "Per stage:",
@@ -304,19 +304,20 @@ def best_config_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _finalists_markdown(choice: Choice, quality: str, base_gflops: float) -> list[str]:
-    """The replicated configs against the plain backbone: a sentence and a table (nothing without replicates)."""
+def _finalists_markdown(choice: Choice, quality: str, base_gflops: float, base_ms: float) -> list[str]:
+    """The replicated configs against the plain backbone: a sentence and a table (nothing without replicates); a
+    latency column where the search measured latency (``base_ms`` not NaN: the front is then in latency)."""
     if len(choice.finalists) < 2:
         return []
-    chosen = str(choice.best["trial_id"])
+    chosen, latency = str(choice.best["trial_id"]), not math.isnan(base_ms)
     lines = [
         "", "## The replicated configs against the plain backbone", "",
         "Every config trained with more than one seed, by GFLOPs. The difference from the plain backbone is paired "
         "over the seeds both were trained with (mean ± 95 % interval); *front*: on the front of the replicated "
         "configs' means.", "", better_than_plain(choice, quality), "",
-        f"| config | proxy {quality} (mean ± 95 % interval) | FLOPs over plain | {quality} minus plain (paired) "
-        "| verdict | front |",
-        "|---|---:|---:|---:|---|---|",
+        f"| config | proxy {quality} (mean ± 95 % interval) | FLOPs over plain | "
+        + ("latency over plain | " if latency else "") + f"{quality} minus plain (paired) | verdict | front |",
+        "|---|---:|---:|---:|" + ("---:|" if latency else "") + "---|---|",
     ]
     for f in choice.finalists:
         ref = str(f.row.get("reference", "") or "")
@@ -324,7 +325,8 @@ def _finalists_markdown(choice: Choice, quality: str, base_gflops: float) -> lis
         name += " **chosen**" if str(f.row["trial_id"]) == chosen else ""
         diff = "—" if f.verdict == "same config" else format_gain(f.gain, quality)
         over = _fmt(100 * (float(f.row["gflops"]) / base_gflops - 1), "+.2f")
-        lines.append(f"| {name} | {_quality(f.row, quality)} | {over} % | {diff} | {f.verdict} | "
+        ms = f" {_fmt(100 * (float(f.row['latency_ms']) / base_ms - 1), '+.1f')} % |" if latency else ""
+        lines.append(f"| {name} | {_quality(f.row, quality)} | {over} % |{ms} {diff} | {f.verdict} | "
                      f"{'yes' if f.on_front else ''} |")
     return lines
 

@@ -17,9 +17,9 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import pandas as pd
 
-from results.pareto import DEFAULT_OBJECTIVES, completed_rows, pareto_front, to_loss
+from results.pareto import DEFAULT_OBJECTIVES, OBJECTIVE_DIRECTIONS, completed_rows, pareto_front, to_loss
 
-__all__ = ["SELECT_RULES", "knee_point", "parse_select_rule", "select_best"]
+__all__ = ["SELECT_RULES", "knee_front", "knee_point", "parse_select_rule", "select_best"]
 
 SELECT_RULES: tuple[str, ...] = ("knee", "max-accuracy", "max-accuracy-under", "min-gflops-over")
 _SELECT_RULE_FORMS = (
@@ -71,6 +71,18 @@ def knee_point(front_df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJEC
     if signed[best] <= 1e-12:
         return rows.index[closest_to_ideal]
     return rows.index[best]
+
+
+def knee_front(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """The front :func:`knee_point` picks from: :func:`~results.pareto.pareto_front` ordered by the cost objectives
+    (``objectives[1:]``, cheapest first), so that a tie goes to the cheaper config in the search's own cost, e.g.
+    latency (``pareto_front`` orders by GFLOPs)."""
+    front = pareto_front(df, objectives)
+    costs = list(objectives[1:])
+    if not costs or front.empty:
+        return front
+    ascending = [OBJECTIVE_DIRECTIONS.get(c, "minimize") == "minimize" for c in costs]
+    return front.sort_values(costs, ascending=ascending, kind="mergesort")
 
 
 def parse_select_rule(text: str) -> tuple[str, float | None]:
@@ -140,7 +152,7 @@ def select_best(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES
     if rows.empty:
         raise ValueError(f"no completed trial with {', '.join(needed)} to select from (rule {rule!r})")
     if name == "knee":
-        front = pareto_front(rows, objectives)
+        front = knee_front(rows, objectives)
         return front.loc[knee_point(front, objectives)].copy()
 
     acc = pd.to_numeric(rows["accuracy"], errors="coerce").to_numpy(dtype=float)

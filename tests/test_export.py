@@ -138,6 +138,24 @@ def test_a_latency_search_reports_the_latency_beside_the_flops(tmp_path):
     assert "| 12.0 | +20.0 % |" in md and "| 10.0 | +0.0 % |" in md
 
 
+def test_in_a_latency_search_a_knee_tie_goes_to_the_lower_latency_and_the_table_shows_it(tmp_path):
+    # t2 beats the plain backbone at lower latency; t1 is faster still but worse: the front is {t1, t2}, ordered by
+    # GFLOPs t2 comes first, by latency t1 does
+    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.79, 0.80, 0.78], 2: [0.85, 0.86, 0.84]})
+    df["latency_ms"] = df["trial_id"].str[:2].map({"t0": 10.0, "t1": 8.0, "t2": 9.0})
+    objectives = ["accuracy", "latency_ms"]
+    means = config_means(df, objectives)
+    choice = choose(df, objectives, "knee", means)
+    assert choice.rule_pick["trial_id"] == "t1" and choice.best["trial_id"] == "t0"
+    assert "which goes to the cheaper in latency_ms, t1. The knee rule picked t1, but it is worse than the plain" \
+        in choice.note
+    export_best(tmp_path, choice, df, means, objectives, "knee", num_classes=10)
+    md = (tmp_path / "best_config.md").read_text()
+    assert "| FLOPs over plain | latency over plain | accuracy minus plain (paired) |" in md
+    assert "| t2 | 85.00 ± 2.48 % (3 seeds) | +0.27 % | -10.0 % | +5.00 ± 0.00 accuracy points | better | yes |" in md
+    assert "t2: +5.00 ± 0.00 accuracy points at +0.27 % FLOPs; the rule did not choose any of them." in md
+
+
 def test_with_replicates_the_rule_picks_among_the_replicated_configs():
     # the sample's one draw is the best of all, but one draw cannot be told from the noise: the rule picks among the
     # replicated configs, where the paper default beats the plain backbone by 5 points on every seed
@@ -160,7 +178,7 @@ def test_a_knee_tie_is_said_and_every_replicated_config_is_compared_with_the_pla
     means = config_means(df, objectives)
     choice = choose(df, objectives, "knee", means)
     assert choice.best["trial_id"] == "t0"
-    assert "two points, t0 and t1; its knee is a tie between them, which goes to the one with fewer GFLOPs" \
+    assert "two points, t0 and t1; its knee is a tie between them, which goes to the cheaper in GFLOPs" \
         in choice.note
     assert [(f.row["trial_id"], f.verdict, f.on_front) for f in choice.finalists] == [
         ("t0", "same config", True), ("t2", "worse", False), ("t1", "better", True)]
