@@ -126,14 +126,21 @@ def test_a_pick_not_distinguishable_from_the_plain_backbone_yields_to_it(tmp_pat
     assert choose(single, ["accuracy", "gflops"], "min-gflops-over:0.84").best["trial_id"] == "t2"
 
 
-def test_a_latency_search_reports_the_latency_beside_the_flops(tmp_path):
-    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.85, 0.86, 0.84], 2: [0.83, 0.84, 0.82]})
-    df["latency_ms"] = df["trial_id"].str[:2].map({"t0": 10.0, "t1": 12.0, "t2": 11.0})
+def _latency_search(tmp_path, accs: dict[int, list[float]], latency: dict[str, float], rule: str):
+    """:func:`_replicated` with a latency per config (``{"t0": ms, ...}``), chosen by ``rule`` under (accuracy,
+    latency) and exported to ``tmp_path``: the choice and ``best_config.md``."""
+    df = _replicated(accs)
+    df["latency_ms"] = df["trial_id"].str[:2].map(latency)
     objectives = ["accuracy", "latency_ms"]
     means = config_means(df, objectives)
-    choice = choose(df, objectives, "max-accuracy", means)
-    export_best(tmp_path, choice, df, means, objectives, "max-accuracy", num_classes=10)
-    md = (tmp_path / "best_config.md").read_text()
+    choice = choose(df, objectives, rule, means)
+    export_best(tmp_path, choice, df, means, objectives, rule, num_classes=10)
+    return choice, (tmp_path / "best_config.md").read_text()
+
+
+def test_a_latency_search_reports_the_latency_beside_the_flops(tmp_path):
+    _, md = _latency_search(tmp_path, {0: [0.80, 0.81, 0.79], 1: [0.85, 0.86, 0.84], 2: [0.83, 0.84, 0.82]},
+                            {"t0": 10.0, "t1": 12.0, "t2": 11.0}, "max-accuracy")
     assert "| params (M) | latency (ms) | latency over plain |" in md
     assert "| 12.0 | +20.0 % |" in md and "| 10.0 | +0.0 % |" in md
 
@@ -141,16 +148,11 @@ def test_a_latency_search_reports_the_latency_beside_the_flops(tmp_path):
 def test_in_a_latency_search_a_knee_tie_goes_to_the_lower_latency_and_the_table_shows_it(tmp_path):
     # t2 beats the plain backbone at lower latency; t1 is faster still but worse: the front is {t1, t2}, ordered by
     # GFLOPs t2 comes first, by latency t1 does
-    df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.79, 0.80, 0.78], 2: [0.85, 0.86, 0.84]})
-    df["latency_ms"] = df["trial_id"].str[:2].map({"t0": 10.0, "t1": 8.0, "t2": 9.0})
-    objectives = ["accuracy", "latency_ms"]
-    means = config_means(df, objectives)
-    choice = choose(df, objectives, "knee", means)
+    choice, md = _latency_search(tmp_path, {0: [0.80, 0.81, 0.79], 1: [0.79, 0.80, 0.78], 2: [0.85, 0.86, 0.84]},
+                                 {"t0": 10.0, "t1": 8.0, "t2": 9.0}, "knee")
     assert choice.rule_pick["trial_id"] == "t1" and choice.best["trial_id"] == "t0"
     assert "which goes to the cheaper in latency_ms, t1. The knee rule picked t1, but it is worse than the plain" \
         in choice.note
-    export_best(tmp_path, choice, df, means, objectives, "knee", num_classes=10)
-    md = (tmp_path / "best_config.md").read_text()
     assert "| FLOPs over plain | latency over plain | accuracy minus plain (paired) |" in md
     assert "| t2 | 85.00 ± 2.48 % (3 seeds) | +0.27 % | -10.0 % | +5.00 ± 0.00 accuracy points | better | yes |" in md
     assert "t2: +5.00 ± 0.00 accuracy points at +0.27 % FLOPs; the rule did not choose any of them." in md
