@@ -149,8 +149,9 @@ def better_than_plain(choice: Choice, objective: str) -> str:
     base = next((f.row for f in choice.finalists if f.verdict == "same config"), None)
     better = [f for f in choice.finalists if f.verdict == "better"]
     if base is None or not better:
-        return (f"None of the {len(choice.finalists)} replicated configs is distinguishably better than the plain "
-                f"backbone in {objective}.")
+        others = sum(f.verdict != "same config" for f in choice.finalists)
+        return (f"None of the {others} other replicated configs is distinguishably better than the plain backbone "
+                f"in {objective}.")
     parts = []
     for f in better:
         ref = str(f.row.get("reference", "") or "")

@@ -197,6 +197,9 @@ def test_a_knee_tie_is_said_and_every_replicated_config_is_compared_with_the_pla
     assert "tie" not in choose(df, objectives, "knee").note
     single = choose(_replicated({0: [0.80], 1: [0.83], 2: [0.79]}), objectives, "knee")
     assert single.finalists == [] and better_than_plain(single, "accuracy") == ""
+    same = choose(_replicated({0: [0.80, 0.81, 0.79], 1: [0.80, 0.82, 0.79], 2: [0.79, 0.80, 0.78]}), objectives)
+    assert better_than_plain(same, "accuracy") == \
+        "None of the 2 other replicated configs is distinguishably better than the plain backbone in accuracy."
 
 
 @pytest.mark.parametrize("backbone,mm_type,mm_arch,in_channels", [
