@@ -127,11 +127,9 @@ def compare_finalists(df: pd.DataFrame, means: pd.DataFrame, objectives: Sequenc
     empty without replicates or without a completed plain backbone."""
     objectives = list(objectives)
     base = _reference_id(means, "baseline")
-    if base is None or SEEDS not in means.columns:
-        return []
-    seeds = pd.to_numeric(means[SEEDS], errors="coerce").fillna(0)
-    replicated = means[(seeds >= 2) & (means["status"] == COMPLETED)]
-    if replicated.empty:
+    replicated = _replicated(means)
+    replicated = replicated[replicated["status"] == COMPLETED]
+    if base is None or replicated.empty:
         return []
     front = set(pareto_front(replicated, objectives)["trial_id"].astype(str))
     out = []
@@ -178,14 +176,20 @@ def _knee_tie(pool: pd.DataFrame, objectives: list[str], picked: str) -> str:
             f"the cheaper in {cost}, {a}.")
 
 
+def _replicated(means: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the per-config frame with 2 or more completed seeds (none where it has no seed count)."""
+    if SEEDS not in means.columns:
+        return means.iloc[:0]
+    return means[pd.to_numeric(means[SEEDS], errors="coerce").fillna(0) >= 2]
+
+
 def _pick(means: pd.DataFrame, objectives: list[str], rule: str) -> tuple[pd.Series, str, pd.DataFrame]:
     """The rule's pick among the replicated configs where there are any (see the module docstring), a note naming
     the single-draw config it would have picked among all, and the configs it picked from; among all configs where
     none is replicated or none of the replicated meets the rule."""
     pick = select_best(means, objectives, rule)
-    seeds = pd.to_numeric(means[SEEDS], errors="coerce") if SEEDS in means.columns else pd.Series(1, means.index)
-    replicated = means[seeds >= 2]
-    if replicated.empty or seeds[pick.name] >= 2:
+    replicated = _replicated(means)
+    if replicated.empty or pick.name in replicated.index:
         return pick, "", means
     try:
         among = select_best(replicated, objectives, rule)
