@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "backbone: Ray Tune runs proxy trainings, Optuna proposes configs, multi-objective ASHA stops weak ones.",
         epilog="Results in --out: trials.csv (every trial), pareto.csv / pareto.png (the front), best_config.json "
         "(+ .md, mmpretrain config), study.db (optuna-dashboard sqlite:///OUT/study.db). Exit codes: 0 done, "
-        "2 bad input, 130 interrupted (resume with --resume --out OUT).",
+        "1 disk full (free space, then --resume), 2 bad input or --out in use by another search, 130 interrupted "
+        "(resume with --resume --out OUT).",
     )
     what = ap.add_argument_group("what to search")
     what.add_argument("--backbone", metavar="NAME",
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(result.summary())
         return 0
     settings = result
+    from results.io import disk_full
+    from search.out_lock import OutInUse
     from search.outcome import print_outcome
     from search.run import run
 
@@ -120,7 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as e:
         print(f"run_search.py: error: cannot reach the Ray cluster at {settings.address}: {e}", file=sys.stderr)
         return 2
-    except Exception:
+    except OutInUse as e:
+        print(f"run_search.py: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        full = disk_full(e)
+        if full is not None:
+            # Every write to --out is journaled or atomic: what finished is kept, what ran is run again.
+            print(f"run_search.py: error: no space left on the disk of {full or settings.out}; every finished "
+                  f"trial is kept. Free some space, then continue with: {resume_hint}", file=sys.stderr)
+            return 1
         # A bug, not bad input: keep the traceback, but say that nothing recorded is lost.
         print(f"\nthe search stopped on an internal error (traceback below); every finished trial is in "
               f"{settings.out}/trials.csv. Continue with: {resume_hint}", file=sys.stderr)

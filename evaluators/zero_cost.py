@@ -41,7 +41,9 @@ ACTIVATIONS = frozenset(
     {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "SiLU", "Swish", "GELU", "GELUTanh", "Hardswish", "HardSwish",
      "Mish", "ELU", "CELU", "SELU"}
 )
-_NORMS = nn.modules.batchnorm._NormBase  # BatchNorm*d, SyncBatchNorm, InstanceNorm*d (running statistics)
+# The norms with running statistics, by their public classes (torch's common base, _NormBase, is private).
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+          nn.InstanceNorm3d)
 
 
 def synflow(model: nn.Module, input_shape: Sequence[int] = (1, 3, 64, 64)) -> float:
@@ -150,7 +152,7 @@ def unzero_residual_branches(model: nn.Module) -> int:
     with torch.no_grad():
         for m in model.modules():
             weight = getattr(m, "weight", None)
-            if isinstance(m, _NORMS | nn.GroupNorm | nn.LayerNorm) and weight is not None and not weight.any():
+            if isinstance(m, (*_NORMS, nn.GroupNorm, nn.LayerNorm)) and weight is not None and not weight.any():
                 weight.fill_(1.0)
                 changed += 1
     return changed

@@ -15,12 +15,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "disk_full"]
 
 
 @contextlib.contextmanager
@@ -78,3 +80,21 @@ _UMASK = _read_umask()
 def _chmod_like_default(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.chmod(path, 0o666 & ~_UMASK)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException) -> str | None:
+    """If ``error`` (or an error in its chain of causes) says the disk or quota is full, the path it names (``""``
+    when it names none); otherwise ``None``. SQLite says so in its own words (``database or disk is full``)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return str(e.filename or "")
+        if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
+            return ""
+        e = e.__cause__ or e.__context__ or getattr(e, "orig", None)
+    return None

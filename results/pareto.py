@@ -4,14 +4,11 @@ Only trials with ``status == "completed"`` ever enter a front or a hypervolume: 
 multi-fidelity scheduler has a low-fidelity accuracy that is not comparable with fully trained ones, and a failed
 trial has no accuracy at all.
 
-The heavy lifting is Optuna's own code, so that "non-dominated" here means exactly what ``study.best_trials`` means
-and hypervolumes match Optuna's:
-
-- :func:`pareto_mask` uses ``optuna.study._multi_objective._is_pareto_front`` (what ``Study.best_trials`` calls);
-- :func:`hypervolume` uses ``optuna._hypervolume.compute_hypervolume`` (WFG; exact 2-D/3-D sweeps).
-
-Both are private Optuna names, so each has a small NumPy fallback used only if the import fails on another Optuna
-version; the tests check Optuna and fallback against each other.
+"Non-dominated" means what Optuna's ``study.best_trials`` means (minimisation after flipping maximised
+objectives; duplicates all kept), and hypervolumes match Optuna's ``optuna.visualization.plot_hypervolume_history``.
+Both are computed here in NumPy rather than through Optuna's private helpers (its multi-objective and hypervolume
+modules), which may change in any release; the tests compare the two against Optuna's public
+``Study.best_trials`` and the study's hypervolume.
 
 Example::
 
@@ -35,16 +32,6 @@ import numpy as np
 import pandas as pd
 
 from results.schema import COMPLETED
-
-try:  # Optuna >= 4.0; private, hence the fallback below.
-    from optuna.study._multi_objective import _is_pareto_front as _optuna_is_pareto_front
-except ImportError:  # pragma: no cover - depends on the installed Optuna
-    _optuna_is_pareto_front = None
-
-try:  # Optuna >= 4.0 (earlier versions had a WFG class instead).
-    from optuna._hypervolume import compute_hypervolume as _optuna_compute_hypervolume
-except ImportError:  # pragma: no cover - depends on the installed Optuna
-    _optuna_compute_hypervolume = None
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -131,13 +118,9 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 
 
 def _is_pareto_front(loss: np.ndarray) -> np.ndarray:
-    if _optuna_is_pareto_front is not None:
-        return np.asarray(_optuna_is_pareto_front(loss, assume_unique_lexsorted=False), dtype=bool)
-    return _is_pareto_front_numpy(loss)
+    """Non-dominated rows of ``loss`` (minimisation; duplicates all kept, as ``Study.best_trials`` keeps them).
 
-
-def _is_pareto_front_numpy(loss: np.ndarray) -> np.ndarray:
-    """O(n^2) fallback with Optuna's semantics (minimisation; duplicates all kept)."""
+    Our own, O(n^2): Optuna's is private, and a search has a few hundred points."""
     n = loss.shape[0]
     on_front = np.ones(n, dtype=bool)
     for i in range(n):
@@ -328,14 +311,13 @@ def hypervolume(
 
 
 def _compute_hypervolume(loss: np.ndarray, ref: np.ndarray) -> float:
-    if _optuna_compute_hypervolume is not None:
-        return float(_optuna_compute_hypervolume(loss, ref))
     return _hypervolume_numpy(loss, ref)
 
 
 def _hypervolume_numpy(loss: np.ndarray, ref: np.ndarray) -> float:
-    """Exact fallback by slicing along the last objective (fine for the few hundred points of a search)."""
-    pts = loss[_is_pareto_front_numpy(loss)]
+    """Exact, by slicing along the last objective (fine for the few hundred points of a search). Our own:
+    Optuna's WFG is private."""
+    pts = loss[_is_pareto_front(loss)]
     pts = np.unique(pts, axis=0)
     if pts.shape[0] == 0:
         return 0.0

@@ -39,6 +39,7 @@ TRIALS_PARQUET = "trials.parquet"
 PARETO_CSV = "pareto.csv"
 STUDY_DB = "study.db"  # the Optuna study the search writes and the results read
 LATENCY_CACHE = "latency_cache"  # measured latencies, shared by a search's driver and trials (latency objective)
+OUT_LOCK = "search.lock"  # held (flock) by the search that writes --out; names it (pid, host, since)
 COMPLETED, STOPPED, FAILED = "completed", "stopped", "failed"
 STATUSES: tuple[str, ...] = (COMPLETED, STOPPED, FAILED)
 

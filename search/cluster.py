@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Where ``ray start`` and ``ray get-auth-token --generate`` keep the token (Ray's token-auth guide).
 DEFAULT_TOKEN_FILE = Path("~/.ray/auth_token")
 CONNECT_TIMEOUT_S = 10.0
+#: Ray Tune's function trainables read this in the worker (``FunctionTrainable.reset_config``).
+THREAD_TIMEOUT_ENV, THREAD_TIMEOUT_S = "TUNE_FUNCTION_THREAD_TIMEOUT_S", 120
 _CHECK = ("check the address and port, that `ray status --address {address}` works from this machine, and, if the "
           "cluster uses token authentication, that this machine has its token (`ray get-auth-token` on the head; "
           "save it to a file and set RAY_AUTH_TOKEN_PATH to it)")
@@ -57,6 +59,10 @@ def init_ray(settings: SearchSettings) -> bool:
     # OpenMP threads that spin while waiting burn the cores other trials (or other users) need: on a busy 2-core
     # machine a 2-thread smoke trial took 24-74 s spinning and 7 s with passive waiting.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # A reused worker waits this long for the thread of the trial it ran before to end (Ray's default: 2 s). A
+    # trial stopped mid-epoch on a loaded machine takes longer to unwind; Ray then logs "Could not re-use actor"
+    # as an ERROR and, once, left a resumed search with nothing running for minutes.
+    os.environ.setdefault(THREAD_TIMEOUT_ENV, str(THREAD_TIMEOUT_S))
     common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
                               "configure_logging": True}
     if settings.address:
@@ -130,7 +136,8 @@ def _join(address: str, common: dict[str, Any]) -> None:
             _single_node()
     sending = _send_a_token_if_there_is_one()
     # The cluster's nodes import this project from the same checkout (a shared one, or this machine's own head).
-    env = {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+    env = {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
+           THREAD_TIMEOUT_ENV: os.environ[THREAD_TIMEOUT_ENV]}
     # Ray's C++ client logs every refused retry to stderr (one line a second for ~20 s) before it gives up: held
     # back here, read for the reason, and passed on only when the connection succeeds.
     with tempfile.TemporaryFile(mode="w+b") as held:

@@ -1,7 +1,7 @@
-"""Ray's ``OptunaSearch``, made to tell Optuna the truth about trials that did not run to the end.
+"""The searcher: Optuna proposes configs for Ray Tune, and is told the truth about trials that did not run to the end.
 
 Ray calls ``Searcher.on_trial_complete(trial_id, result)`` with the trial's last result both when a trial finishes
-its schedule *and* when a scheduler stops it early; Ray's ``OptunaSearch`` then tells Optuna ``COMPLETE`` with
+its schedule *and* when a scheduler stops it early; Ray's own ``OptunaSearch`` then tells Optuna ``COMPLETE`` with
 those values. For a trial stopped at epoch 1 of 9 that would put a low-fidelity accuracy into the study as if it
 were final — the sampler would learn from it and ``study.best_trials`` (the dashboard's front) would show it.
 :class:`ParetoOptunaSearch` decides from the result itself: a trial whose last result reached the full proxy
@@ -28,28 +28,24 @@ It also does the bookkeeping that makes a search a search rather than a loop of 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
-from evaluators.scores import SCORES
 from results.schema import COMPLETED, FAILED, STOPPED
 from space import ArchConfig, SearchSpace
 
 from .ledger import Launch, Ledger, trial_name
+from .recording import RecordingSearcher, curve_key
 
-__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "build_record", "curve_key", "reconcile_study",
-           "status_of"]
+__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "optuna_outcome", "reconcile_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,63 +62,31 @@ class Forced:
     number: int | None = None
 
 
-def curve_key(objective: str) -> str:
-    """The record key of a trial's per-epoch values of ``objective`` (what the scheduler's rungs saw)."""
-    return f"{objective}_curve"
+class ParetoOptunaSearch(RecordingSearcher):
+    """A Ray Tune searcher over a :class:`~space.SearchSpace` that asks and tells an Optuna study, multi-objective,
+    with stopped trials told as PRUNED.
 
-
-def build_record(
-    launch: Launch, result: dict | None, status: str, error: str = "", curve: Sequence[float] | None = None,
-    objective: str = "accuracy",
-) -> dict:
-    """The trials.csv record of a finished trial from its last Ray result (``None`` if it never reported): every
-    proxy score the result carries, the costs, and ``curve`` (``objective`` per epoch)."""
-    result = result or {}
-    epochs = result.get("epochs")
-    epoch = result.get("epoch")
-    record: dict[str, Any] = {
-        "trial_id": launch.trial_id,
-        "number": launch.number,
-        "status": status,
-        "reference": launch.reference,
-        **{score: result.get(score) for score in SCORES},
-        "gflops": result.get("gflops"),
-        "params": result.get("params"),
-        "latency_ms": result.get("latency_ms"),
-        "fidelity": (epoch / epochs) if epoch is not None and epochs else (0.0 if status == FAILED else None),
-        "epochs_done": epoch if epoch is not None else 0,
-        "time_s": result.get("time_total_s"),
-        "error": error,
-        "config": launch.config,
-        "optuna_number": launch.optuna_number,
-        "seed": result.get("seed"),
-    }
-    if launch.replicate_of:
-        record["replicate_of"] = launch.replicate_of
-    if curve:
-        record[curve_key(objective)] = [round(float(a), 6) for a in curve]
-    return record
-
-
-class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch over a :class:`~space.SearchSpace`, multi-objective, with stopped trials told as PRUNED.
-
-    It is also the one adapter over Ray's ``OptunaSearch`` internals (``_ot_study``, ``_ot_trials``,
-    ``_completed_trials``: Ray offers no public access to the study it drives); everything else goes through the
-    properties and methods here.
+    Written on Ray's public ``Searcher`` interface and Optuna's public ask-and-tell interface, not on Ray's
+    ``OptunaSearch``: that class keeps the study and the sampler in private attributes and pickles both, and Ray
+    Tune pickles the searcher (with the tuner's state). Here **nothing Ray pickles holds a sampler or a study**: the
+    searcher keeps the study's storage URL, its name and a picklable recipe for the sampler
+    (:class:`~search.samplers.SamplerSpec`); a copy made by pickling opens the study again from its storage when
+    first used. The study (and every asked ``optuna.Trial``) lives only in the process that drives the search.
 
     Args:
         space: the search space; ``space.suggest(optuna_trial)`` is the define-by-run function.
         ledger: the search's book (journal of launches, records, known configs).
         metric / mode: objective result keys and ``"max"``/``"min"`` per key (Ray's multi-objective form).
-        sampler: an Optuna sampler (see :mod:`search.samplers`).
-        storage: Optuna storage (``sqlite:///<out>/study.db``); ``None`` keeps the study in memory (tests).
+        sampler: a zero-argument callable returning a fresh Optuna sampler (see :mod:`search.samplers`).
+        storage: Optuna storage URL (``sqlite:///<out>/study.db``); ``None`` keeps the study in memory (tests; such
+            a study cannot be reopened from a pickled copy).
         study_name: name of the study in the storage.
         forced: configs launched first, in order (re-runs, then references).
 
     Example (a fake result stream, as the tests do)::
 
-        search = ParetoOptunaSearch(space, ledger, ["accuracy", "gflops"], ["max", "min"], sampler)
+        search = ParetoOptunaSearch(space, ledger, ["accuracy", "gflops"], ["max", "min"],
+                                    SamplerSpec("random", seed=0, n_objectives=2))
         config = search.suggest("ray-1")             # {"arch": {...}, "trial_key": "t0000", ...}
         search.on_trial_complete("ray-1", {"epoch": 1, "epochs": 3, "accuracy": 0.5, "gflops": 1.0})
         search.study.trials[0].state                 # TrialState.PRUNED: stopped at 1 of 3 epochs
@@ -134,54 +98,72 @@ class ParetoOptunaSearch(OptunaSearch):
         ledger: Ledger,
         metric: Sequence[str],
         mode: Sequence[str],
-        sampler: optuna.samplers.BaseSampler,
-        storage: optuna.storages.BaseStorage | None = None,
+        sampler: Callable[[], optuna.samplers.BaseSampler],
+        storage: str | None = None,
         study_name: str = "scsa-search",
         forced: Iterable[Forced] = (),
     ) -> None:
+        super().__init__(ledger, metric, mode)
         self._search_space = space
-        self._ledger = ledger
+        self._make_sampler = sampler
+        self._storage_url = storage
+        self._study_name = study_name
         self._forced: deque[Forced] = deque(forced)
-        self._curves: dict[str, list[float]] = {}  # Ray trial id -> accuracy per epoch so far
-        self._launch_of: dict[str, Launch] = {}  # Ray trial id -> launch
-        self._waiting_duplicates: dict[str, list[tuple[int, str]]] = {}  # trial id -> (optuna number, its key)
+        self._waiting_duplicates: dict[str, list[int]] = {}  # trial id -> Optuna numbers of its duplicates
         self._exhausted = False
         self.duplicates = 0
-        super().__init__(
-            space=self._define_by_run,
-            metric=list(metric),
-            mode=list(mode),
-            sampler=sampler,
-            study_name=study_name,
-            storage=storage,
-        )
+        # Process-local: never pickled (see __getstate__).
+        self._study: optuna.Study | None = self._open_study(create=True)
+        self._asked: dict[str, optuna.Trial] = {}  # Ray trial id -> its asked Optuna trial
 
-    # -- the define-by-run function -------------------------------------------------------------------------------
-    def _define_by_run(self, trial: optuna.Trial) -> None:
-        self._search_space.suggest(trial)
+    def _open_study(self, create: bool) -> optuna.Study:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if create:
+                return optuna.create_study(
+                    storage=self._storage_url, sampler=self._make_sampler(), study_name=self._study_name,
+                    directions=["maximize" if m == "max" else "minimize" for m in self._mode], load_if_exists=True)
+            if self._storage_url is None:
+                raise RuntimeError("this searcher's study was kept in memory and did not survive pickling; give "
+                                   "it a storage URL to reopen the study in another process")
+            return optuna.load_study(study_name=self._study_name, storage=self._storage_url,
+                                     sampler=self._make_sampler())
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_study"] = None  # reopened from the storage on first use (``study``)
+        state["_asked"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        """The Optuna study (opened again from its storage in a copy made by pickling)."""
+        if self._study is None:
+            self._study = self._open_study(create=False)
+        return self._study
 
     @property
     def exhausted(self) -> bool:
         """Whether the sampler kept proposing configs tried already (see :data:`MAX_DRAWS`)."""
         return self._exhausted
 
-    @property
-    def launched(self) -> dict[str, Launch]:
-        """Ray trial id -> launch, for the trials of this session."""
-        return self._launch_of
-
     # -- suggestions --------------------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.fault is None:
+            with self._guard():
+                return self._suggest(trial_id)
+        return Searcher.FINISHED  # the disk is full: no new trial (see search.recording)
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
         if self._forced:
             return self._launch(trial_id, *self._ask_forced(self._forced.popleft()))
         if self._exhausted:
             return self._wait_or_finish()
         for _ in range(MAX_DRAWS):
-            ot_trial = self._ot_study.ask()
+            ot_trial = self.study.ask()
             arch = self._search_space.suggest(ot_trial)
             earlier = self._ledger.find(arch)
             if earlier is None:
@@ -194,7 +176,7 @@ class ParetoOptunaSearch(OptunaSearch):
     def _wait_or_finish(self) -> str | None:
         # Running trials may still finish and give the sampler something new; with none running there is nothing
         # left to wait for.
-        running = [t for t in self._launch_of if t not in self._completed_trials]
+        running = [t for t in self._launch_of if t not in self._closed]
         return None if running else Searcher.FINISHED
 
     def _ask_forced(self, item: Forced) -> tuple:
@@ -206,8 +188,8 @@ class ParetoOptunaSearch(OptunaSearch):
         if params is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._ot_study.enqueue_trial(params, skip_if_exists=False)
-            ot_trial = self._ot_study.ask()
+                self.study.enqueue_trial(params, skip_if_exists=False)
+            ot_trial = self.study.ask()
             asked = self._search_space.suggest(ot_trial)
             if asked != item.arch:  # a stale WAITING trial was popped instead: reconcile_study should prevent it
                 raise RuntimeError(f"enqueued {item.arch.describe()} but Optuna handed out {asked.describe()}")
@@ -231,7 +213,7 @@ class ParetoOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("trial_id", trial_id)
             ot_trial.set_user_attr("reference", reference)
             ot_trial.set_user_attr("config", arch.to_json())
-            self._ot_trials[ray_trial_id] = ot_trial
+            self._asked[ray_trial_id] = ot_trial
         self._ledger.launch(launch)  # durable before Ray sees the trial
         self._launch_of[ray_trial_id] = launch
         self._curves[ray_trial_id] = []
@@ -248,11 +230,7 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def _tell_like(self, number: int, record: dict) -> None:
         """Tell Optuna trial ``number`` the outcome in ``record``."""
-        state, values = optuna_outcome(record, self._metric)
-        try:
-            self._ot_study.tell(number, values, state=state)
-        except (ValueError, RuntimeError) as e:  # told already (e.g. repaired on resume): nothing to do
-            logger.debug("could not tell trial %s: %s", number, e)
+        _tell_state(self.study, number, *optuna_outcome(record, self._metric))
 
     # -- results ------------------------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -264,70 +242,36 @@ class ParetoOptunaSearch(OptunaSearch):
             curve.append(float(result[score]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._launch_of:
-            return
-        self._completed_trials.add(trial_id)
-        self._exhausted = False  # something new is known: worth asking the sampler again
-        if error:
-            # Closed by record_failure, which the progress callback calls next with the reason Ray keeps on the
-            # trial object; a kill in between leaves neither record nor tell: the trial runs again on resume.
-            return
-        if result is not None and result.get(self._metric[0]) is not None:
-            self.on_trial_result(trial_id, result)  # Ray does not pass the last result to on_trial_result
-        self._close(trial_id, result, *status_of(result, self._metric))
+        if trial_id not in self._closed and trial_id in self._launch_of:
+            self._exhausted = False  # something new is known: worth asking the sampler again
+            if not error and result is not None and result.get(self._metric[0]) is not None:
+                self.on_trial_result(trial_id, result)  # Ray does not pass the last result to on_trial_result
+        super().on_trial_complete(trial_id, result, error)
 
-    def finish_unreported(self, trial_id: str, result: dict | None, status: str, error: str = "") -> None:
-        """Close a trial Ray ended without the usual notification (stopped by the time budget)."""
-        self._completed_trials.add(trial_id)
-        self._close(trial_id, result, status, error)
-
-    def record_failure(self, trial_id: str, result: dict | None, reason: str) -> None:
-        """Close a trial that failed in Ray, with the reason."""
-        if trial_id in self._launch_of:
-            self._close(trial_id, result, FAILED, reason)
-
-    def _close(self, trial_id: str, result: dict | None, status: str, reason: str) -> None:
-        """The one end of a trial's life: its record is written (durably), then Optuna is told (a kill in between
-        leaves a record whose Optuna trial is RUNNING, which ``reconcile_study`` repairs from the record)."""
-        record = build_record(self._launch_of[trial_id], result, status, reason, self._curves.get(trial_id),
-                              self._metric[0])
-        self._ledger.finish(record)
+    def _after_record(self, trial_id: str, record: dict) -> None:
         self._tell(trial_id, record)
 
     def _tell(self, trial_id: str, record: dict) -> None:
         launch = self._launch_of[trial_id]
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = self._asked.pop(trial_id, None)
         if ot_trial is not None:
             # The curve as a user attribute, not as intermediate values: TPE reads intermediate values of PRUNED
             # trials through the single-objective `study.direction`, which raises for several objectives.
             key = curve_key(self._metric[0])
             if record.get(key):
                 ot_trial.set_user_attr(key, record[key])
-            self._tell_like(ot_trial.number, record)
+        if launch.optuna_number is not None:
+            self._tell_like(launch.optuna_number, record)
         for number in self._waiting_duplicates.pop(launch.trial_id, []):
             self._tell_like(number, record)
-
-    def finished(self, trial_id: str) -> bool:
-        """Whether Ray trial ``trial_id`` has been closed (recorded or told)."""
-        return trial_id in self._completed_trials
 
     def mark_interrupted(self, trial_id: str) -> None:
         """A trial cut off by Ctrl-C: not recorded (``--resume`` runs it again); the study learns it was cut off."""
         number = self._launch_of[trial_id].optuna_number
+        self._asked.pop(trial_id, None)
         if number is not None:
-            _force_state(self._ot_study, self._ot_study.trials[number], TrialState.FAIL, interrupted=True)
-
-    @property
-    def ledger(self) -> Ledger:
-        return self._ledger
-
-    # Ray checkpoints searchers by pickling them; this one's state is the study database and the ledger.
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w", encoding="utf-8") as fh:
-            json.dump({"state": "in study.db and launched.jsonl / trials.csv of --out"}, fh)
-
-    def restore(self, checkpoint_path: str) -> None:
-        raise NotImplementedError("resume with `run_search.py --resume --out DIR`, not Tuner.restore")
+            with self._guard():
+                _tell_state(self.study, number, TrialState.FAIL)
 
 
 #: trials.csv status -> what Optuna is told: the one table (see :func:`optuna_outcome`).
@@ -346,29 +290,12 @@ def optuna_outcome(record: dict, objectives: Sequence[str]) -> tuple[TrialState,
     return (state, values) if all(math.isfinite(v) for v in values) else (TrialState.FAIL, None)
 
 
-def _force_state(study: optuna.Study, frozen: optuna.trial.FrozenTrial, state: TrialState,
-                 values: list[float] | None = None, interrupted: bool = False) -> None:
-    """Set the state of a trial this process did not ask for (a session that was killed asked for it).
-
-    Optuna's public ``tell`` only closes trials of the asking process's ``ask``; its storage can set any trial, by
-    the storage's own trial id. Both are private names, so this is the one place that uses them."""
-    storage = study._storage
-    if interrupted:
-        storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
-    storage.set_trial_state_values(frozen._trial_id, state, values)
-
-
-def status_of(result: dict | None, metrics: Sequence[str]) -> tuple[str, str]:
-    """``("completed" | "stopped" | "failed", reason)`` from a trial's last result."""
-    if not result or result.get("epoch") is None:
-        return FAILED, "ended without reporting a result"
-    missing = [m for m in metrics if result.get(m) is None]
-    bad = [m for m in metrics if m not in missing and not math.isfinite(float(result[m]))]
-    if missing or bad:
-        return FAILED, f"objective {(missing + bad)[0]} missing or not finite in the last result"
-    if result["epoch"] >= result.get("epochs", result["epoch"]):
-        return COMPLETED, ""
-    return STOPPED, f"stopped early at epoch {result['epoch']} of {result.get('epochs')}"
+def _tell_state(study: optuna.Study, number: int, state: TrialState, values: list[float] | None = None) -> None:
+    """Tell trial ``number`` its end, whichever process asked for it (Optuna's ``tell`` takes a trial number)."""
+    try:
+        study.tell(number, values, state=state)
+    except (ValueError, RuntimeError) as e:  # finished already
+        logger.debug("could not tell trial %s: %s", number, e)
 
 
 def reconcile_study(study: optuna.Study, ledger: Ledger) -> dict[str, int]:
@@ -376,20 +303,24 @@ def reconcile_study(study: optuna.Study, ledger: Ledger) -> dict[str, int]:
 
     * a RUNNING Optuna trial whose search trial has a record (killed between writing the record and telling
       Optuna) is told that record's outcome;
-    * every other RUNNING or WAITING trial was cut off by the kill: FAIL, with user attribute ``interrupted``.
-      Its config, if it was launched, is re-run under the same trial id (see ``search.run``).
+    * every other RUNNING or WAITING trial was cut off by the kill: FAIL. Its config, if it was launched, is re-run
+      under the same trial id (see ``search.run``), as a new Optuna trial. (A WAITING trial is asked first, so
+      that it can be told: Optuna tells RUNNING trials only.)
     """
     by_number = {launch.optuna_number: launch for launch in ledger.launches.values()
                  if launch.optuna_number is not None}
     repaired = {"told_from_record": 0, "interrupted": 0}
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    for _ in range(waiting):
+        study.ask()  # takes the oldest WAITING trial: now RUNNING, told FAIL below
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         launch = by_number.get(frozen.number)
         record = ledger.records.get(launch.trial_id) if launch is not None else None
-        if record is not None and frozen.state == TrialState.RUNNING:
-            _force_state(study, frozen, *optuna_outcome(record, _objectives_of(study, ledger)))
+        if record is not None:
+            _tell_state(study, frozen.number, *optuna_outcome(record, _objectives_of(study, ledger)))
             repaired["told_from_record"] += 1
             continue
-        _force_state(study, frozen, TrialState.FAIL, interrupted=True)
+        _tell_state(study, frozen.number, TrialState.FAIL)
         repaired["interrupted"] += 1
     return repaired
 

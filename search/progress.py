@@ -9,6 +9,8 @@ The progress line, printed when a trial finishes (and every :data:`HEARTBEAT_S` 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -18,11 +20,15 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from .optuna_search import ParetoOptunaSearch
+from results.io import disk_full
 
-__all__ = ["HEARTBEAT_S", "ProgressCallback", "SearchStopper", "describe_error"]
+from .recording import RecordingSearcher
+
+__all__ = ["HEARTBEAT_S", "STALL_S", "ProgressCallback", "SearchStopper", "describe_error", "faults_in_ray_logs"]
 
 HEARTBEAT_S = 60.0
+#: With trials left to run, this long without any trial running or reporting means Ray stopped scheduling them.
+STALL_S = 300.0
 _MAX_REASON = 300
 
 
@@ -75,9 +81,19 @@ class SearchStopper(Stopper):
         self.deadline = None if time_budget_s is None else time.time() + time_budget_s
         self.interrupted = False
         self.timed_out = False
+        self.fault: BaseException | None = None
 
     def interrupt(self) -> None:
         self.interrupted = True
+
+    def fail(self, fault: BaseException) -> None:
+        """End the search on a fault from outside it (a full disk); its running trials are left unrecorded."""
+        self.fault = self.fault or fault
+
+    @property
+    def halted(self) -> bool:
+        """Stopped before its end (Ctrl-C, SIGTERM or a fault): what ran is run again on ``--resume``."""
+        return self.interrupted or self.fault is not None
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
@@ -85,7 +101,36 @@ class SearchStopper(Stopper):
     def stop_all(self) -> bool:
         if self.deadline is not None and time.time() >= self.deadline and not self.interrupted:
             self.timed_out = True
-        return self.interrupted or self.timed_out
+        return self.halted or self.timed_out
+
+
+class _DiskFullFilter(logging.Filter):
+    def __init__(self, stopper: SearchStopper) -> None:
+        super().__init__()
+        self.stopper = stopper
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and disk_full(error) is not None:
+            self.stopper.fail(error)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def faults_in_ray_logs(stopper: SearchStopper):
+    """While Ray Tune runs: a write of Ray's own that fails on a full disk (experiment state, trial results under
+    ``--out``) is logged by Ray with a traceback, and Ray carries on. A full disk ends the whole search instead:
+    such a log record is dropped and the ``stopper`` told, and ``run_search.py`` reports it in one line."""
+    handlers = logging.getLogger("ray").handlers + logging.getLogger().handlers
+    log_filter = _DiskFullFilter(stopper)
+    for handler in handlers:
+        handler.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(log_filter)
 
 
 class ProgressCallback(Callback):
@@ -93,15 +138,17 @@ class ProgressCallback(Callback):
 
     def __init__(
         self,
-        searcher: ParetoOptunaSearch,
+        searcher: RecordingSearcher,
         total: int,
         session_trials: int,
         objectives: list[str],
         select: str = "knee",
         echo: Callable[[str], None] | None = None,
         replicates: bool = False,
+        stopper: SearchStopper | None = None,
     ) -> None:
         self.searcher = searcher
+        self.stopper = stopper  # told of the searcher's fault, to end the search
         self.replicates = replicates  # the replicate phase: counts replicates, not the budget's trials
         self.total = total  # the budget
         self.session_trials = session_trials  # trials this session launches
@@ -110,6 +157,7 @@ class ProgressCallback(Callback):
         self.echo = echo or (lambda line: print(line, file=sys.stdout, flush=True))
         self.start = time.time()
         self.last_print = self.start
+        self.last_activity = self.start  # a trial started, reported or ended
         self.running: set[str] = set()
         self.last_results: dict[str, dict] = {}  # Ray trial id -> last result
         self.finished_this_session = 0
@@ -122,9 +170,11 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.running.add(trial.trial_id)
+        self.last_activity = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.last_results[trial.trial_id] = dict(result)
+        self.last_activity = time.time()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         # Ray has requeued the trial and restarts it from this config: tell the trainable which attempt it is, so
@@ -137,6 +187,7 @@ class ProgressCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
+        self.last_activity = time.time()
         # The searcher told Optuna FAIL already (Ray notifies it first); the record with the reason is written now.
         self.searcher.record_failure(trial.trial_id, self.last_results.get(trial.trial_id), describe_error(trial))
         self.finished_this_session += 1
@@ -144,12 +195,25 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
+        self.last_activity = time.time()
         self.finished_this_session += 1
         self.report()
 
     def on_step_end(self, iteration, trials, **info) -> None:
+        if self.stopper is not None and self.searcher.fault is not None:
+            self.stopper.fail(self.searcher.fault)
         if time.time() - self.last_print >= HEARTBEAT_S:
             self.report()
+        self._check_stall()
+
+    def _check_stall(self) -> None:
+        left = self.session_trials - self.finished_this_session
+        idle = time.time() - self.last_activity
+        if self.stopper is None or self.stopper.halted or self.running or left <= 0 or idle < STALL_S:
+            return
+        self.echo(f"no trial has run for {idle / 60:.0f} min although {left} of this session's are left: Ray is "
+                  f"not scheduling them (see `ray status`); stopping, nothing finished is lost")
+        self.stopper.interrupt()
 
     # -- the line --------------------------------------------------------------------------------------------------
     def line(self) -> str:

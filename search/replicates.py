@@ -22,9 +22,9 @@ from ray.tune.search import Searcher
 
 from results.frame import trials_frame
 from results.replicates import config_means, finalists, noise_estimate
-from results.schema import FAILED
 
 from .ledger import Launch, Ledger
+from .recording import RecordingSearcher
 
 __all__ = ["FINALIST_SHARE", "MIN_FINALISTS", "NOISE_BAND_SD", "SEED_STRIDE", "ReplicateSearch", "max_finalists",
            "plan_replicates", "replicate_seed"]
@@ -87,68 +87,23 @@ def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | 
     return reruns + new
 
 
-class ReplicateSearch(Searcher):
-    """Hands Ray a fixed list of replicate launches, journaling each before Ray sees it, and records each result."""
+class ReplicateSearch(RecordingSearcher):
+    """Hands Ray a fixed list of replicate launches, journaling each before Ray sees it; each result is recorded
+    (:class:`~search.recording.RecordingSearcher`), never told to Optuna."""
 
     def __init__(self, ledger: Ledger, launches: list[Launch], objectives: list[str], modes: list[str]) -> None:
-        super().__init__(metric=objectives[0], mode=modes[0])
-        self._ledger = ledger
+        super().__init__(ledger, objectives, modes)
         self._queue = list(launches)
-        self._launch_of: dict[str, Launch] = {}
-        self._done: set[str] = set()
-
-    @property
-    def ledger(self) -> Ledger:
-        return self._ledger
-
-    @property
-    def launched(self) -> dict[str, Launch]:
-        """Ray trial id -> launch, for the replicates of this round."""
-        return self._launch_of
-
-    def finished(self, ray_trial_id: str) -> bool:
-        return ray_trial_id in self._done
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if not self._queue:
+        if not self._queue or self.fault is not None:
             return Searcher.FINISHED
-        launch = self._queue.pop(0)
-        if launch.trial_id not in self._ledger.launches:
-            self._ledger.launch(launch)
-        self._launch_of[trial_id] = launch
-        return {"arch": launch.config, "trial_key": launch.trial_id, "number": launch.number,
-                "reference": launch.reference, "replicate": launch.replicate}
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        from .optuna_search import build_record, status_of
-
-        if trial_id in self._done or trial_id not in self._launch_of:
-            return
-        self._done.add(trial_id)
-        if error:
-            return  # the progress callback records it, with the reason (record_failure)
-        status, why = status_of(result, [self.metric])
-        self._ledger.finish(build_record(self._launch_of[trial_id], result, status, why))
-
-    def mark_interrupted(self, trial_id: str) -> None:
-        """Cut off by Ctrl-C: nothing to tell anyone; its launch has no record, so ``--resume`` runs it again."""
-
-    def record_failure(self, trial_id: str, result: dict | None, reason: str) -> None:
-        from .optuna_search import build_record
-
-        launch = self._launch_of.get(trial_id)
-        if launch is not None:
-            self._ledger.finish(build_record(launch, result, FAILED, reason))
-
-    def finish_unreported(self, trial_id: str, result: dict | None, status: str, error: str = "") -> None:
-        """Close a replicate the time budget ended: recorded with what it reached (never part of a mean)."""
-        from .optuna_search import build_record
-
-        self._done.add(trial_id)
-        self._ledger.finish(build_record(self._launch_of[trial_id], result, status, error))
-
-    def save(self, checkpoint_path: str) -> None:  # the ledger is the state
-        pass
-
-    def restore(self, checkpoint_path: str) -> None:
-        raise NotImplementedError("resume with `run_search.py --resume --out DIR`")
+        launch = self._queue[0]
+        with self._guard():
+            if launch.trial_id not in self._ledger.launches:
+                self._ledger.launch(launch)
+            self._queue.pop(0)
+            self._launch_of[trial_id] = launch
+            return {"arch": launch.config, "trial_key": launch.trial_id, "number": launch.number,
+                    "reference": launch.reference, "replicate": launch.replicate}
+        return Searcher.FINISHED

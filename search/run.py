@@ -49,8 +49,9 @@ from space import ArchConfig, SearchSpace
 from .cluster import init_ray
 from .ledger import Ledger
 from .optuna_search import Forced, ParetoOptunaSearch, curve_key, reconcile_study
+from .out_lock import OutLock
 from .outcome import SearchOutcome
-from .samplers import make_sampler, session_seed
+from .samplers import SamplerSpec, session_seed
 from .settings import STUDY_DB, STUDY_NAME, SearchSettings
 
 __all__ = ["MAX_RESTARTS", "lost_worker", "plan_forced", "report_cost_spread", "run"]
@@ -112,18 +113,20 @@ class _WorkerLost(Exception):
 def run(settings: SearchSettings, echo=print) -> SearchOutcome:
     """Run or resume the search described by ``settings`` (validated by the caller; see ``run_search.py``).
 
+    Raises :class:`~search.out_lock.OutInUse` at once if another search is writing ``settings.out``.
     A session that ends because Ray lost a trial worker outside any trial is resumed in place, at most
     ``MAX_RESTARTS`` times; the time budget, if any, counts from the first session."""
     deadline = time.time() + settings.time_budget_min * 60 if settings.time_budget_min else None
-    for restart in range(MAX_RESTARTS + 1):
-        try:
-            return _run_session(settings, echo, deadline)
-        except _WorkerLost as lost:
-            if restart == MAX_RESTARTS:
-                raise lost.error from None
-            echo(f"Ray lost a trial worker outside any trial ({type(lost.error).__name__}: {lost}); the trials it "
-                 f"ran are not recorded. Resuming the search ({restart + 1}/{MAX_RESTARTS})")
-            settings = replace(settings, resume=True)
+    with OutLock(settings.out_path):  # OutInUse if another search writes there
+        for restart in range(MAX_RESTARTS + 1):
+            try:
+                return _run_session(settings, echo, deadline)
+            except _WorkerLost as lost:
+                if restart == MAX_RESTARTS:
+                    raise lost.error from None
+                echo(f"Ray lost a trial worker outside any trial ({type(lost.error).__name__}: {lost}); the trials "
+                     f"it ran are not recorded. Resuming the search ({restart + 1}/{MAX_RESTARTS})")
+                settings = replace(settings, resume=True)
     raise AssertionError("unreachable")
 
 
@@ -150,7 +153,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
         out.mkdir(parents=True, exist_ok=True)
         settings.write_manifest(seed_noise(ledger, settings.objectives[0]))
         report_cost_spread(settings, space, echo)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_DB).resolve()}")
+        storage = f"sqlite:///{(out / STUDY_DB).resolve()}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         n_in_study = 0
         if settings.resume:
@@ -168,8 +171,8 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
             echo(f"resume: {len(ledger.records)} finished trial(s) kept, {len(reruns)} interrupted one(s) run "
                  f"again ({', '.join(f.trial_id for f in reruns) or 'none'}), {new} new to reach the budget of "
                  f"{settings.budget}")
-        sampler = make_sampler(settings.sampler, session_seed(settings.seed, n_in_study), len(settings.objectives),
-                               settings.population_size)
+        sampler = SamplerSpec(settings.sampler, session_seed(settings.seed, n_in_study), len(settings.objectives),
+                              settings.population_size)
         searcher = ParetoOptunaSearch(space, ledger, settings.objectives, settings.modes, sampler, storage,
                                       STUDY_NAME, forced)
         ledger.flush()
@@ -323,7 +326,7 @@ class _Fitter:
     def __call__(self, searcher, scheduler, num_samples: int, total: int, replicates: bool = False) -> None:
         from ray import tune
 
-        from .progress import ProgressCallback
+        from .progress import ProgressCallback, faults_in_ray_logs
         from .trainable import train_trial
 
         if self.worker_lost is not None:
@@ -331,7 +334,7 @@ class _Fitter:
         self.ray()
         settings = self.settings
         progress = ProgressCallback(searcher, total, num_samples, settings.objectives, settings.select,
-                                    echo=self.echo, replicates=replicates)
+                                    echo=self.echo, replicates=replicates, stopper=self.stopper)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, settings=settings.for_trials()),
             {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
@@ -358,7 +361,7 @@ class _Fitter:
                 failure_config=tune.FailureConfig(max_failures=settings.retries),
             ),
         )
-        with _graceful_interrupt(self.stopper, self.echo):
+        with _graceful_interrupt(self.stopper, self.echo), faults_in_ray_logs(self.stopper):
             try:
                 tuner.fit()
             except Exception as e:
@@ -366,7 +369,11 @@ class _Fitter:
                 if self.worker_lost is None:
                     raise
                 self.stopper.interrupt()  # what was running is left unrecorded, for the resume to run again
+        if searcher.fault is not None:
+            self.stopper.fail(searcher.fault)
         _close_unfinished(searcher, progress, self.stopper, self.echo)
+        if self.stopper.fault is not None:
+            raise self.stopper.fault  # a full disk: run_search.py says so in one line
 
     def ray(self) -> None:
         """Start Ray, or join the cluster, once."""
@@ -385,15 +392,16 @@ def _close_unfinished(searcher, progress, stopper, echo) -> None:
     """Trials Ray ended without telling anyone: the whole search was stopped while they ran."""
     left = [rid for rid in searcher.launched if not searcher.finished(rid)]
     for rid in left:
-        if stopper.interrupted:
+        if stopper.halted:
             searcher.mark_interrupted(rid)  # not recorded: --resume runs it again under the same id
             continue
         last = progress.last_results.get(rid)
         why = "time budget reached" if stopper.timed_out else "search ended"
         when = f"after epoch {last['epoch']}" if last and last.get("epoch") else "before its first epoch"
         searcher.finish_unreported(rid, last, STOPPED, f"{why} {when}")
-    if left and stopper.interrupted:
-        echo(f"interrupted: {len(left)} running trial(s) not recorded; --resume runs them again")
+    if left and stopper.halted:
+        echo(f"{'interrupted' if stopper.interrupted else 'stopped'}: {len(left)} running trial(s) not recorded; "
+             f"--resume runs them again")
 
 
 class _graceful_interrupt:

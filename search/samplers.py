@@ -9,6 +9,10 @@ Example::
 
     >>> check_sampler("nsga2", n_objectives=2)
     >>> sampler = make_sampler("tpe", seed=0, n_objectives=2)
+
+What the searcher keeps is a :class:`SamplerSpec`, never a sampler: Ray Tune pickles the searcher, and an Optuna
+sampler is not promised to pickle (optuna 5.1 gave the genetic-algorithm samplers a ``threading.Lock``). The spec
+is plain data and builds the sampler wherever the study is opened.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from __future__ import annotations
 import importlib.util
 import warnings
 import zlib
+from dataclasses import dataclass
 
 import optuna
 
-__all__ = ["SAMPLERS", "check_sampler", "make_sampler", "session_seed"]
+__all__ = ["SAMPLERS", "SamplerSpec", "check_sampler", "make_sampler", "session_seed"]
 
 SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "gp", "random", "qmc")  # each optimises several objectives (Optuna >= 4)
 _NEEDS = {"gp": ("scipy", "torch"), "qmc": ("scipy",)}
@@ -53,6 +58,19 @@ def make_sampler(name: str, seed: int, n_objectives: int, population_size: int =
         # TPE's multivariate/group/constant_liar and GPSampler are flagged experimental; they are what fits here.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _make(name, seed, population_size)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How to build a sampler: picklable, comparable, and callable (``spec()`` returns a fresh sampler)."""
+
+    name: str
+    seed: int
+    n_objectives: int
+    population_size: int = 20
+
+    def __call__(self) -> optuna.samplers.BaseSampler:
+        return make_sampler(self.name, self.seed, self.n_objectives, self.population_size)
 
 
 def _make(name: str, seed: int, population_size: int) -> optuna.samplers.BaseSampler:

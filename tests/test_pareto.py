@@ -54,7 +54,7 @@ def test_pareto_mask_matches_optuna_best_trials(k: int, seed: int) -> None:
 def test_numpy_fallback_front_matches_optuna(k: int) -> None:
     rng = np.random.default_rng(k)
     loss = _points_with_ties(rng, 60, k)
-    assert set(np.flatnonzero(pareto._is_pareto_front_numpy(loss))) == _optuna_front(loss, ["minimize"] * k)
+    assert set(np.flatnonzero(pareto._is_pareto_front(loss))) == _optuna_front(loss, ["minimize"] * k)
 
 
 def test_pareto_mask_duplicates_kept_and_nan_excluded() -> None:

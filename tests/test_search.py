@@ -16,7 +16,7 @@ from search.ledger import Launch, Ledger, config_key
 from search.optuna_search import MAX_DRAWS, Forced, ParetoOptunaSearch, reconcile_study
 from search.progress import ProgressCallback, SearchStopper, describe_error
 from search.run import plan_forced
-from search.samplers import SAMPLERS, check_sampler, make_sampler, session_seed
+from search.samplers import SAMPLERS, SamplerSpec, check_sampler, make_sampler, session_seed
 from search.settings import SearchSettings
 from space import ArchConfig, SearchSpace
 
@@ -142,7 +142,7 @@ def test_the_replicate_limit_counts_configs_over_all_rounds(tmp_path):
 
 def _searcher(tmp_path, space: SearchSpace, forced=(), seed: int = 0) -> ParetoOptunaSearch:
     ledger = Ledger.open(tmp_path, OBJ)
-    return ParetoOptunaSearch(space, ledger, OBJ, MODES, optuna.samplers.RandomSampler(seed=seed), None,
+    return ParetoOptunaSearch(space, ledger, OBJ, MODES, SamplerSpec("random", seed, len(OBJ)), None,
                               "scsa-search", forced)
 
 
@@ -253,10 +253,11 @@ def test_reconcile_study_repairs_a_killed_session(tmp_path):
     search.study.enqueue_trial({"s1_attn": "none"})  # a WAITING trial left behind
     repaired = reconcile_study(search.study, Ledger.open(tmp_path, OBJ))
     assert repaired == {"told_from_record": 1, "interrupted": 2}
-    states = {t.number: (t.state, t.values, t.user_attrs.get("interrupted")) for t in search.study.trials}
-    assert states[1] == (optuna.trial.TrialState.COMPLETE, [0.8, 1.6], None)
-    assert states[2][0] == optuna.trial.TrialState.FAIL and states[2][2] is True
+    states = {t.number: (t.state, t.values) for t in search.study.trials}
+    assert states[1] == (optuna.trial.TrialState.COMPLETE, [0.8, 1.6])
+    assert states[2][0] == optuna.trial.TrialState.FAIL
     assert states[3][0] == optuna.trial.TrialState.FAIL
+    assert not search.study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
 
 
 # ------------------------------------------------------------------------------------------------ progress, stop
@@ -266,6 +267,23 @@ class _FakeRayTaskError(Exception):
     def __init__(self, cause):
         super().__init__("Traceback (most recent call last): ...long...")
         self.cause = cause
+
+
+def test_a_session_whose_trials_stopped_being_scheduled_notices_and_stops(tmp_path, monkeypatch):
+    import search.progress as progress_module
+
+    searcher = _searcher(tmp_path, SearchSpace("resnet18"))
+    lines, stopper = [], SearchStopper()
+    progress = ProgressCallback(searcher, total=3, session_trials=3, objectives=OBJ, echo=lines.append,
+                                stopper=stopper)
+    trial = SimpleNamespace(trial_id="r0")
+    progress.on_trial_start(0, [], trial)
+    monkeypatch.setattr(progress_module, "STALL_S", 0.0)
+    progress.on_step_end(0, [])
+    assert not stopper.halted  # a trial is running: slow, not stalled
+    progress.on_trial_complete(0, [], trial)
+    progress.on_step_end(0, [])  # nothing runs, 2 trials are left, and nothing happened for STALL_S
+    assert stopper.interrupted and "Ray is not scheduling them" in lines[-1] and "2 of this session's" in lines[-1]
 
 
 def test_failed_trial_recorded_with_its_reason(tmp_path):
@@ -340,3 +358,53 @@ def test_objectives_name_the_score_they_rank_by_and_put_it_first():
 def test_session_seed_changes_on_resume_only():
     assert session_seed(7, 0) == 7
     assert session_seed(7, 12) != 7 and session_seed(7, 12) == session_seed(7, 12)
+
+
+# ------------------------------------------------------------------------------------------------ what Ray pickles
+
+
+class _LockedSampler(optuna.samplers.RandomSampler):
+    """A sampler that cannot be pickled, as optuna 5.1 made every genetic-algorithm sampler."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        import threading
+
+        self._lock = threading.Lock()
+
+
+def _locked_sampler() -> optuna.samplers.BaseSampler:
+    return _LockedSampler(seed=0)
+
+
+@pytest.mark.parametrize("sampler", [*SAMPLERS, "unpicklable"])
+def test_the_searcher_pickles_without_its_sampler_or_study_and_the_copy_goes_on_from_the_storage(tmp_path, sampler):
+    # Ray Tune pickles the searcher with the tuner's state (ray.cloudpickle); nothing in it may depend on an Optuna
+    # object pickling, and a copy must carry on from the study's storage.
+    import ray.cloudpickle
+
+    if sampler != "unpicklable":
+        try:
+            check_sampler(sampler, len(OBJ))
+        except ValueError as e:
+            pytest.skip(str(e))
+    make = _locked_sampler if sampler == "unpicklable" else SamplerSpec(sampler, 0, len(OBJ), population_size=4)
+    with pytest.raises(TypeError, match="pickle"):
+        ray.cloudpickle.dumps(_LockedSampler())  # the trap is real: such a sampler does not pickle
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = ParetoOptunaSearch(SearchSpace("resnet18"), Ledger.open(tmp_path, OBJ), OBJ, MODES, make, storage)
+    search.suggest("r0")
+    search.on_trial_complete("r0", _epoch(3, 3, 0.5, 1.5))
+    search.suggest("r1")  # still running when pickled
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(search))
+    assert copy.study is not search.study and len(copy.study.trials) == 2
+    copy.on_trial_complete("r1", _epoch(1, 3, 0.4, 1.6))  # stopped early: PRUNED, through the reopened study
+    for rid in ("r2", "r3"):
+        copy.suggest(rid)
+        copy.on_trial_complete(rid, _epoch(3, 3, 0.6, 1.7))
+    states = [t.state for t in optuna.load_study(study_name="scsa-search", storage=storage).trials]
+    assert states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 3
+    memory = _searcher(tmp_path / "memory", SearchSpace("resnet18"))
+    with pytest.raises(RuntimeError, match="storage URL"):
+        _ = ray.cloudpickle.loads(ray.cloudpickle.dumps(memory)).study

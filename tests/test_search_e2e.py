@@ -4,6 +4,7 @@ of the means, replicates), and what happens when it is killed or interrupted."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -96,9 +97,11 @@ def test_ctrl_c_then_kill_minus_9_twice_then_resume_reaches_the_budget_exactly(t
     interrupted = _rows(out)
     assert 2 <= len(interrupted) < 5 and all(r["status"] in ("completed", "stopped", "failed") for r in interrupted)
 
-    # 2. kill -9 while the budget's trials run
-    _kill_minus_9(_start_until(["--resume", "--budget", "200", *args], out,
-                               lambda rows: len(rows) >= len(interrupted) + 1), "its trials")
+    # 2. kill -9 while the budget's trials run: its lock on --out is left behind, stale, and the next resume takes
+    # it over
+    killed = _start_until(["--resume", "--budget", "200", *args], out, lambda rows: len(rows) >= len(interrupted) + 1)
+    _kill_minus_9(killed, "its trials")
+    assert json.loads((out / "search.lock").read_text())["pid"] == killed.pid
     before = _rows(out)  # what the kill left
     assert len(before) >= 3 and sum(r["status"] == "completed" for r in before) >= 2
     launched = len((out / "launched.jsonl").read_text().splitlines())
@@ -111,6 +114,7 @@ def test_ctrl_c_then_kill_minus_9_twice_then_resume_reaches_the_budget_exactly(t
     among = _rows(out)
     resumed = _run(["--resume", *args])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert " ERROR " not in resumed.stderr and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
     everything = _rows(out)
     after = [r for r in everything if not r.get("replicate_of")]
     replicates = [r for r in everything if r.get("replicate_of")]
@@ -217,3 +221,50 @@ def test_a_session_ended_by_a_lost_worker_is_resumed_in_place_a_bounded_number_o
     losses["left"] = run_mod.MAX_RESTARTS + 1
     with pytest.raises(OutOfMemoryError):
         run_mod.run(settings, echo=said.append)
+
+
+# ------------------------------------------------------------------------------------------------ faults from outside
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_a_full_disk_ends_in_one_line_and_resume_finishes_once_there_is_room(tmp_path):
+    """--out on a 300 KB file system: the search ends with one line that says so (exit 1), no traceback; once the
+    file system has room, --resume reaches the budget with every trial recorded once."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small file system needs mount (root): {mounted.stderr.decode().strip()}")
+    try:
+        out = disk / "run"
+        args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1",
+                "--replicates", "0"]
+        full = _run(["--budget", "3", *args])
+        assert full.returncode == 1, full.stdout[-2000:] + full.stderr[-2000:]
+        assert "Traceback" not in full.stdout + full.stderr and " ERROR " not in full.stderr, full.stderr[-3000:]
+        (line,) = [line for line in full.stderr.splitlines() if line.startswith("run_search.py: error:")]
+        assert "no space left" in line and str(out) in line and f"--resume --out {out}" in line
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        resumed = _run(["--resume", *args])
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        rows = _rows(out)
+        assert [r["trial_id"] for r in rows] == ["t0000", "t0001", "t0002"]
+        assert all(r["status"] in ("completed", "stopped", "failed") for r in rows)
+        assert (out / "best_config.json").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_sigterm_is_handled_like_ctrl_c(capsys):
+    """Preemption (SIGTERM) stops the search gracefully, as the first Ctrl-C does: exit 130 and resumable."""
+    from search.progress import SearchStopper
+    from search.run import _graceful_interrupt
+
+    stopper = SearchStopper()
+    before = signal.getsignal(signal.SIGTERM)
+    with _graceful_interrupt(stopper, print):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler runs between bytecodes
+    assert stopper.interrupted and stopper.halted and signal.getsignal(signal.SIGTERM) == before
+    assert "stopping" in capsys.readouterr().out

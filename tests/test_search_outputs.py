@@ -35,13 +35,33 @@ def smoke_search(tmp_path_factory):
     if not FASHION.is_dir():
         pytest.skip(f"Fashion-MNIST not installed at {FASHION}")
     out = tmp_path_factory.mktemp("smoke-search") / "run"
-    proc = subprocess.run(
+    first = subprocess.Popen(
         [sys.executable, str(ROOT / "run_search.py"), "--budget", "6", "--backbone", "resnet18", "--proxy", "smoke",
          "--out", str(out), "--max-concurrent", "1", "--retries", "1", "--replicates", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "SCSA_SEARCH_INJECT_FAULT": "t0002:kill,t0003@0:kill,t0004:oom"})
+    # While it runs, a second search on the same --out (a --resume from another terminal) is refused at once.
+    second = _second_search_while_the_first_runs(first, out)
+    stdout, stderr = first.communicate(timeout=900)
+    proc = subprocess.CompletedProcess(first.args, first.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert second.returncode == 2, second.stdout + second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert f"{out} is in use by a running search (pid {first.pid} on {socket.gethostname()}, since " in line
+    assert second.stdout == ""  # refused before it measured, wrote or searched anything
     return out, proc
+
+
+def _second_search_while_the_first_runs(first: subprocess.Popen, out: Path) -> subprocess.CompletedProcess:
+    deadline = time.monotonic() + 300
+    while not (out / "launched.jsonl").exists():  # the first search holds --out and has launched a trial
+        assert first.poll() is None, "the first search ended before a second one could be started"
+        assert time.monotonic() < deadline, "the first search launched nothing in 5 minutes"
+        time.sleep(0.2)
+    second = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--resume", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert first.poll() is None, "the first search ended before the second one was refused"
+    return second
 
 
 @pytest.mark.slow
