@@ -61,3 +61,31 @@ def test_the_install_line_is_valid_shell_and_installs_nothing_when_the_package_i
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "calls").read_text().splitlines() == [
         "sudo apt-get update", "sudo apt-get install -y dataset-fashion-mnist"]
+
+
+def test_both_commands_install_the_pins_and_the_pins_are_inside_setup_cfgs_ranges():
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    for command in _commands():
+        installs = [s for s in _steps(command) if s.startswith("pip install")]
+        assert installs and all(s.startswith("pip install -c constraints.txt ") for s in installs), installs
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    ranges = cfg["options"]["install_requires"] + "\n" + cfg["options.extras_require"]["dev"]
+    for line in ranges.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
