@@ -15,14 +15,21 @@ import argparse
 import sys
 
 from evaluators.cli import Parser, UsageError, integer, non_negative_int, positive_float, positive_int
-from search.configure import validate
-from search.settings import SearchSettings
+from evaluators.data import DATASETS
+from evaluators.fidelity import PRESETS
+from search.configure import DEFAULTS, validate
+from search.settings import default_population
 
-PROXIES = ("smoke", "fast", "default", "thorough")
+PROXIES: tuple[str, ...] = tuple(PRESETS)
+
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI; its choices come from the registries and its stated defaults from ``search.configure.DEFAULTS``."""
+    from results.select import SELECT_RULE_FORMS
     from search.samplers import SAMPLERS
+
+    D = DEFAULTS  # noqa: N806 - short, in the help texts below
 
     ap = Parser(
         prog="run_search.py",
@@ -41,34 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--space", metavar="FILE", help="YAML/JSON file narrowing or widening the search space")
     what.add_argument("--objectives", metavar="LIST",
                       help="comma-separated: one proxy score (score = the preset's own; or accuracy, val_loss, loss, "
-                           "tse, tse_ema) + costs from gflops, params, latency (default score,gflops)")
+                           f"tse, tse_ema) + costs from gflops, params, latency (default {D['objectives']})")
     what.add_argument("--show-space", action="store_true", help="print the search space and exit")
     data = ap.add_argument_group("proxy training")
-    data.add_argument("--dataset", choices=("fashion-mnist", "cifar10", "cifar100", "imagefolder"),
-                      help="default fashion-mnist")
+    data.add_argument("--dataset", choices=DATASETS, help=f"default {D['dataset']}")
     data.add_argument("--data-dir", metavar="DIR", help="where the dataset is (default: the usual places)")
     data.add_argument("--download", action="store_true", help="download the dataset if missing (once, before Ray)")
-    data.add_argument("--proxy", choices=PROXIES, help="proxy fidelity preset (default: default)")
+    data.add_argument("--proxy", choices=PROXIES, help=f"proxy fidelity preset (default {D['proxy']})")
     data.add_argument("--proxy-set", action="append", metavar="KEY=VALUE",
                       help="override one setting of the preset (repeatable), e.g. --proxy-set lr=0.01 "
                            "--proxy-set score=loss; any field of evaluators.proxy.Fidelity")
-    data.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N (default auto)")
+    data.add_argument("--device", metavar="DEV", help=f"auto | cpu | cuda | cuda:N (default {D['device']})")
     how = ap.add_argument_group("search strategy")
-    how.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default nsga2)")
+    how.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {D['sampler']})")
     how.add_argument("--population-size", type=positive_int("NSGA-II population"),
-                     metavar="N", help="NSGA-II population (default: budget/4, between 4 and 50)")
+                     metavar="N", help=f"NSGA-II population (default: a quarter of the budget, between "
+                     f"{default_population(0)} and {default_population(10**9)})")
     how.add_argument("--seed", type=integer, metavar="S",
-                     help="seed of the sampler and of every proxy training (default 0)")
+                     help=f"seed of the sampler and of every proxy training (default {D['seed']})")
     how.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                      help="multi-objective ASHA: stop trials not in the top 1/eta by non-dominated rank at a rung "
-                     "(default on)")
+                     f"(default {'on' if D['early_stopping'] else 'off'})")
     how.add_argument("--grace-period", type=positive_int("epochs"), metavar="EPOCHS",
-                     help="first rung, in epochs (default 1)")
+                     help=f"first rung, in epochs (default {D['grace_period']})")
     how.add_argument("--reduction-factor", type=positive_int("eta >= 2"), metavar="ETA",
-                     help="eta: keep 1/eta per rung (default 3)")
+                     help=f"eta: keep 1/eta per rung (default {D['reduction_factor']})")
     how.add_argument("--select", metavar="RULE",
-                     help="how to pick the best config from the front: knee (default), max-accuracy, "
-                     "max-accuracy-under:GFLOPS, min-gflops-over:ACC")
+                     help=f"how to pick the best config from the front: {SELECT_RULE_FORMS} "
+                     f"(default {D['select']})")
     run = ap.add_argument_group("running")
     run.add_argument("--out", metavar="DIR", help="results directory (default runs/<backbone>-<dataset>-<proxy>)")
     run.add_argument("--resume", action="store_true", help="continue the search in --out")
@@ -80,11 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default 1; all cores / K when --max-concurrent K is given)")
     run.add_argument("--gpus-per-trial", type=positive_float("GPUs", allow_zero=True), metavar="G",
                      help="GPUs per trial, fractions allowed (default 1 where CUDA is available, else 0)")
-    run.add_argument("--retries", type=non_negative_int, metavar="N", help="retries of a failed trial (default 0)")
+    run.add_argument("--retries", type=non_negative_int, metavar="N",
+                     help=f"retries of a failed trial (default {D['retries']})")
     run.add_argument("--replicates", type=non_negative_int, metavar="K",
                      help="once the budget's trials are done, train the finalists (front, configs within the noise "
                           f"band, both references) K more times with further seeds; 0: off (default "
-                          f"{SearchSettings.replicates})")
+                          f"{D['replicates']})")
     run.add_argument("--address", metavar="ADDR",
                      help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--storage", metavar="PATH", help="Ray experiment storage, shared by all nodes on a cluster "

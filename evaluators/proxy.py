@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evaluators.data import DEFAULT_DATASET
 from space.backbones import family
 from space.build import build_model
 from space.config import ArchConfig
@@ -159,7 +160,7 @@ class ProxyRun:
     def __init__(
         self,
         arch: ArchConfig,
-        dataset: str = "fashion-mnist",
+        dataset: str = DEFAULT_DATASET,
         data_dir: str | None = None,
         fidelity: Fidelity | str = "default",
         seed: int = 0,
@@ -389,7 +390,7 @@ class ProxyRun:
 
 def train_proxy(
     arch: ArchConfig,
-    dataset: str = "fashion-mnist",
+    dataset: str = DEFAULT_DATASET,
     data_dir: str | None = None,
     fidelity: Fidelity | str = "default",
     seed: int = 0,

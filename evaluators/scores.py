@@ -12,9 +12,7 @@ final ranking and the early-stopping rungs. ``bench/proxy_fidelity.py`` measures
 
 from __future__ import annotations
 
-from typing import Any
-
-__all__ = ["SCORES", "score_value"]
+__all__ = ["SCORES"]
 
 SCORES: tuple[str, ...] = (
     "accuracy",  # final validation accuracy
@@ -25,9 +23,3 @@ SCORES: tuple[str, ...] = (
 )
 
 
-def score_value(result: Any, name: str) -> float:
-    """The score ``name`` of one epoch's result (an ``EpochResult`` or its dict), as a float."""
-    if name not in SCORES:
-        raise ValueError(f"unknown proxy score {name!r}; choose one of {', '.join(SCORES)}")
-    value = result[name] if isinstance(result, dict) else getattr(result, name)
-    return float("nan") if value is None else float(value)

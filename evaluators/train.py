@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from evaluators.data import DEFAULT_DATASET
 from space import ArchConfig
 
 from .cli import Parser, UsageError, check_creatable, integer, positive_float, positive_int
@@ -61,7 +62,7 @@ def train_full(
     out_dir: str | os.PathLike[str],
     *,
     epochs: int = 30,
-    dataset: str = "fashion-mnist",
+    dataset: str = DEFAULT_DATASET,
     data_dir: str | None = None,
     resolution: int = 64,
     batch_size: int = 64,

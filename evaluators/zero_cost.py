@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evaluators.data import DEFAULT_DATASET
 from space.build import build_model
 from space.config import ArchConfig
 
@@ -177,7 +178,7 @@ def zero_cost_scores(
     resolution: int = 64,
     batch_size: int = 64,
     seed: int = 0,
-    dataset: str = "fashion-mnist",
+    dataset: str = DEFAULT_DATASET,
     data_dir: str | None = None,
     device: str | torch.device = "cpu",
     gflops: bool = True,

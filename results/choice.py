@@ -2,14 +2,14 @@
 
 ``--select`` picks a row from the per-config means (:func:`results.select.select_best`). A mean is not a
 difference, though: the choice is compared with each reference seed by seed (paired, over the seeds both were
-trained with; see :mod:`results.replicates`), and stated as a mean gain ± its 95 % interval with a verdict,
+trained with; see :mod:`results.config_stats`), and stated as a mean gain ± its 95 % interval with a verdict,
 *better*, *worse* or *not distinguishable at this fidelity*. Where the rule picked a config that is not
 distinguishably better than the plain backbone, and the plain backbone meets the rule too, the plain backbone is
 chosen instead: attention that costs FLOPs must earn them by more than the noise. :attr:`Choice.note` says when
 that decided the choice.
 
 Once a search has replicates, the rule picks among the replicated configs only (the references and the front's
-members the replicate phase could afford, see ``search/replicates.py``): a config with one draw cannot be told
+members the replicate phase could afford, see ``search/replicate_phase.py``): a config with one draw cannot be told
 from the noise, so picking it would hand the choice to the plain backbone however well the replicated
 candidates did. The note names the single-draw config the rule would otherwise have picked, and says when the
 knee was a tie: the knee of a two-point front is equally far from both ends, and goes to the cheaper one (in the
@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from results.config_stats import SEEDS, config_means, paired_gain
 from results.noise import Interval, verdict
 from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, pareto_front
-from results.replicates import SEEDS, config_means, paired_gain
 from results.schema import COMPLETED
-from results.select import knee_front, parse_select_rule, select_best
+from results.select import DEFAULT_RULE, knee_front, parse_select_rule, select_best
 
 __all__ = ["Choice", "Finalist", "better_than_plain", "choose", "compare_finalists", "format_gain"]
 
@@ -58,7 +58,6 @@ class Choice:
     best: pd.Series
     gains: dict[str, tuple[Interval, str]] = field(default_factory=dict)
     note: str = ""
-    rule_pick: pd.Series | None = None
     finalists: list[Finalist] = field(default_factory=list)
 
 
@@ -92,7 +91,7 @@ def _versus(df: pd.DataFrame, trial: str, other: str, objective: str) -> tuple[I
     return diff, verdict(diff, OBJECTIVE_DIRECTIONS.get(objective, "maximize"))
 
 
-def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
+def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = DEFAULT_RULE,
            means: pd.DataFrame | None = None) -> Choice:
     """The config ``rule`` picks from the per-config means of ``df`` (the raw trials frame), unless it is not
     distinguishably better than the plain backbone (see the module docstring). ``ValueError`` if nothing can be
@@ -118,8 +117,8 @@ def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = "knee",
     relation = "worse than" if word == "worse" else f"{word} from"
     note = (f"{lead} {rule} rule picked {pick['trial_id']}, but it is {relation} the plain backbone ({measured}); "
             f"the plain backbone is chosen instead: attention must earn its cost by more than the noise.")
-    return Choice(baseline, gains(df, means, baseline, quality), " ".join(filter(None, [aside, tie, note])), pick,
-                  compared)
+    return Choice(baseline, gains(df, means, baseline, quality), " ".join(filter(None, [aside, tie, note])),
+                  finalists=compared)
 
 
 def compare_finalists(df: pd.DataFrame, means: pd.DataFrame, objectives: Sequence[str]) -> list[Finalist]:

@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from evaluators.data import DEFAULT_DATASET
 from results.choice import Choice, better_than_plain, format_gain
+from results.config_stats import REPLICATE_OF, SEEDS, interval_column, noise_estimate
 from results.io import atomic_write_text
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
-from results.replicates import REPLICATE_OF, SEEDS, interval_column, noise_estimate
-from results.schema import COMPLETED
+from results.schema import BEST_JSON, BEST_MD, COMPLETED, MMPRETRAIN_PY
 from space import ArchConfig
 from space.backbones import family, num_features
 
 #: Classes of an exported model where the search does not say (ImageNet's: the authors' mmpretrain configs).
 NUM_CLASSES = 1000
-BEST_JSON = "best_config.json"
-BEST_MD = "best_config.md"
-MMPRETRAIN_PY = "best_config_mmpretrain.py"
 
 # The authors' mmpretrain backbones and how a timm name maps onto their arguments.
 _MM_RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
@@ -221,7 +219,7 @@ def best_config_markdown(
     rule: str,
     *,
     resolution: int = 224,
-    dataset: str = "fashion-mnist",
+    dataset: str = DEFAULT_DATASET,
     num_classes: int = NUM_CLASSES,
 ) -> str:
     """``best_config.md``: what was chosen, by which rule, its objectives (means over seeds, with intervals), and
@@ -340,7 +338,7 @@ def export_best(
     rule: str,
     *,
     resolution: int = 224,
-    dataset: str = "fashion-mnist",
+    dataset: str = DEFAULT_DATASET,
     num_classes: int = NUM_CLASSES,
 ) -> dict[str, Path]:
     """Write ``best_config.json``, ``best_config.md`` and the mmpretrain config for the chosen config."""
@@ -350,7 +348,7 @@ def export_best(
                               num_classes=num_classes)
     atomic_write_text(out / BEST_MD, md)
     return {
-        "best_config.json": write_best_config(out, arch),
-        "best_config.md": out / BEST_MD,
+        BEST_JSON: write_best_config(out, arch),
+        BEST_MD: out / BEST_MD,
         "mmpretrain": write_mmpretrain(out, arch, num_classes),
     }

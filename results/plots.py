@@ -29,6 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from results.config_stats import SEEDS, interval_column
 from results.io import atomic_path
 from results.pareto import (
     DEFAULT_OBJECTIVES,
@@ -37,7 +38,6 @@ from results.pareto import (
     REFERENCE_LABELS,
     pareto_front,
 )
-from results.replicates import SEEDS, interval_column
 from results.schema import COMPLETED, FAILED, STOPPED, stage_numbers
 
 __all__ = ["cost_axis", "param_importances", "plot_effects", "plot_hypervolume", "plot_pareto"]
@@ -180,7 +180,7 @@ def plot_pareto(
 
 
 def _interval_bars(ax: Axes, completed: pd.DataFrame, objective: str, scale: float, x: str = "gflops") -> None:
-    """95 % interval bars on the configs trained with several seeds (the finalists; see results.replicates)."""
+    """95 % interval bars on the configs trained with several seeds (the finalists; see results.config_stats)."""
     column = interval_column(objective)
     if column not in completed.columns:
         return

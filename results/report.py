@@ -17,20 +17,26 @@ from pathlib import Path
 
 import pandas as pd
 
+from evaluators.data import DEFAULT_DATASET
 from results.choice import better_than_plain, choose
+from results.config_stats import config_means
 from results.export import NUM_CLASSES, export_best
 from results.frame import read_trials, trials_frame, write_pareto, write_trials
 from results.io import atomic_write_text
 from results.pareto import hypervolume_history, reference_point
 from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
-from results.replicates import config_means
-from results.schema import STUDY_DB
+from results.schema import (
+    BEST_MD,
+    COST_SPREAD_JSON,
+    EFFECTS_PNG,
+    HYPERVOLUME_PNG,
+    PARETO_CSV,
+    PARETO_PNG,
+    STUDY_DB,
+    TRIALS_CSV,
+)
+from results.select import DEFAULT_RULE
 from results.tensorboard import TENSORBOARD_DIR, write_search_run
-
-PARETO_PNG = "pareto.png"
-HYPERVOLUME_PNG = "hypervolume.png"
-EFFECTS_PNG = "effects.png"
-COST_SPREAD_JSON = "cost_spread.json"
 
 
 def write_cost_spread(out_dir: str | os.PathLike[str], spread: Mapping) -> Path:
@@ -96,48 +102,49 @@ def finalize(
     out_dir: str | os.PathLike[str],
     records: Iterable[Mapping] | pd.DataFrame,
     objectives: Sequence[str],
-    select: str = "knee",
+    select: str = DEFAULT_RULE,
     *,
     resolution: int = 224,
-    dataset: str = "fashion-mnist",
+    dataset: str = DEFAULT_DATASET,
     num_classes: int = NUM_CLASSES,
 ) -> dict[str, object]:
     """Frames, plots and the export of the chosen architecture. Returns the paths written and the chosen row
     (``best`` is ``None`` with a ``reason`` when no completed trial satisfies ``select``). Fronts, plots and the
-    choice use the per-config means (:func:`results.replicates.config_means`)."""
+    choice use the per-config means (:func:`results.config_stats.config_means`)."""
     out = Path(out_dir)
     df = records if isinstance(records, pd.DataFrame) else trials_frame(list(records))
     if not isinstance(records, pd.DataFrame):
         write_trials(df, out)
     means = config_means(df, objectives)
     write_pareto(means, out, objectives)
-    written: dict[str, object] = {"trials.csv": out / "trials.csv", "pareto.csv": out / "pareto.csv"}
+    written: dict[str, object] = {TRIALS_CSV: out / TRIALS_CSV, PARETO_CSV: out / PARETO_CSV}
     choice = None
     try:
         choice = choose(df, objectives, select, means)
     except ValueError as e:
         written["reason"] = str(e)
     best = choice.best if choice is not None else None
-    written["pareto.png"] = plot_pareto(means, out / PARETO_PNG, objectives, best, resolution=resolution,
+    written[PARETO_PNG] = plot_pareto(means, out / PARETO_PNG, objectives, best, resolution=resolution,
                                         best_label=f"chosen ({select})")
     hypervolumes = _hypervolumes(out, means, objectives)
     if hypervolumes is not None:
         history, ref = hypervolumes
-        written["hypervolume.png"] = plot_hypervolume(history, out / HYPERVOLUME_PNG, reference_point=ref)
+        written[HYPERVOLUME_PNG] = plot_hypervolume(history, out / HYPERVOLUME_PNG, reference_point=ref)
         written["reference_point"] = ref
         written["tensorboard"] = out / TENSORBOARD_DIR
     importances = param_importances(out / STUDY_DB) if (out / STUDY_DB).is_file() else {}
-    written["effects.png"] = plot_effects(means, out / EFFECTS_PNG, importances=importances)
+    written[EFFECTS_PNG] = plot_effects(means, out / EFFECTS_PNG, importances=importances)
     if choice is not None:
         written.update(export_best(out, choice, df, means, objectives, select, resolution=resolution,
                                    dataset=dataset, num_classes=num_classes))
-        _append_cost_spread(out, Path(written["best_config.md"]))
+        _append_cost_spread(out, Path(written[BEST_MD]))
         written["note"] = choice.note
         written["better_than_plain"] = better_than_plain(choice, objectives[0])
     written["best"] = best
     return written
 
 
-def render(out_dir: str | os.PathLike[str], objectives: Sequence[str], select: str = "knee", **kwargs) -> dict:
+def render(out_dir: str | os.PathLike[str], objectives: Sequence[str], select: str = DEFAULT_RULE,
+           **kwargs) -> dict:
     """Re-render plots and exports of an existing ``--out`` from its ``trials`` files."""
     return finalize(out_dir, read_trials(out_dir), objectives, select, **kwargs)

@@ -12,6 +12,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "BEST_JSON",
+    "BEST_MD",
+    "COST_SPREAD_JSON",
+    "EFFECTS_PNG",
+    "HYPERVOLUME_PNG",
+    "JOURNAL",
+    "MANIFEST",
+    "MMPRETRAIN_PY",
+    "OUT_LOCK",
+    "PARETO_PNG",
+    "SEARCH_FILES",
     "COMPLETED",
     "CONFIG_JSON",
     "CORE_COLUMNS",
@@ -34,10 +45,22 @@ __all__ = [
     "stage_numbers",
 ]
 
+# Every file an output directory (--out) holds, by the name code refers to it with.
+MANIFEST = "search.json"  # the search's settings (--resume reads them back) and its measured seed noise
+JOURNAL = "launched.jsonl"  # one line per trial handed to Ray: what the budget counts
 TRIALS_CSV = "trials.csv"
 TRIALS_PARQUET = "trials.parquet"
 PARETO_CSV = "pareto.csv"
 STUDY_DB = "study.db"  # the Optuna study the search writes and the results read
+PARETO_PNG = "pareto.png"
+HYPERVOLUME_PNG = "hypervolume.png"
+EFFECTS_PNG = "effects.png"
+COST_SPREAD_JSON = "cost_spread.json"
+BEST_JSON = "best_config.json"
+BEST_MD = "best_config.md"
+MMPRETRAIN_PY = "best_config_mmpretrain.py"
+#: The files whose presence means a search was started in a directory.
+SEARCH_FILES: tuple[str, ...] = (MANIFEST, STUDY_DB, JOURNAL, TRIALS_CSV, TRIALS_PARQUET)
 LATENCY_CACHE = "latency_cache"  # measured latencies, shared by a search's driver and trials (latency objective)
 OUT_LOCK = "search.lock"  # held (flock) by the search that writes --out; names it (pid, host, since)
 COMPLETED, STOPPED, FAILED = "completed", "stopped", "failed"

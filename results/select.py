@@ -19,10 +19,12 @@ import pandas as pd
 
 from results.pareto import DEFAULT_OBJECTIVES, OBJECTIVE_DIRECTIONS, completed_rows, pareto_front, to_loss
 
-__all__ = ["SELECT_RULES", "knee_front", "knee_point", "parse_select_rule", "select_best"]
+__all__ = ["DEFAULT_RULE", "SELECT_RULES", "SELECT_RULE_FORMS", "knee_front", "knee_point", "parse_select_rule",
+           "select_best"]
 
 SELECT_RULES: tuple[str, ...] = ("knee", "max-accuracy", "max-accuracy-under", "min-gflops-over")
-_SELECT_RULE_FORMS = (
+DEFAULT_RULE = "knee"  # what a search selects by unless told otherwise
+SELECT_RULE_FORMS = (
     "knee | max-accuracy | max-accuracy-under:G (GFLOPs, e.g. max-accuracy-under:4.5) | "
     "min-gflops-over:A (accuracy in [0,1] or percent, e.g. min-gflops-over:0.9)"
 )
@@ -98,7 +100,7 @@ def parse_select_rule(text: str) -> tuple[str, float | None]:
     """
 
     def fail(why: str) -> ValueError:
-        return ValueError(f"invalid selection rule {text!r} ({why}); valid forms: {_SELECT_RULE_FORMS}")
+        return ValueError(f"invalid selection rule {text!r} ({why}); valid forms: {SELECT_RULE_FORMS}")
 
     if not isinstance(text, str):
         raise fail("not a string")
@@ -131,7 +133,8 @@ def parse_select_rule(text: str) -> tuple[str, float | None]:
     return name, value
 
 
-def select_best(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES, rule: str = "knee") -> pd.Series:
+def select_best(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES,
+                rule: str = DEFAULT_RULE) -> pd.Series:
     """The completed row chosen by ``rule`` (see :func:`parse_select_rule`); its ``.name`` is the index label.
 
     - ``knee``: :func:`knee_point` of the front under ``objectives``;

@@ -18,19 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from evaluators.cli import UsageError, check_creatable
+from results.schema import SEARCH_FILES
 
-from .settings import MANIFEST, SEARCH_DEFINING, SearchSettings, objective_columns
+from .settings import DEFAULT_OBJECTIVES, SEARCH_DEFINING, SearchSettings, objective_columns
 
 __all__ = ["DEFAULTS", "UsageError", "default_out", "validate"]
 
-SEARCH_FILES = (MANIFEST, "study.db", "launched.jsonl", "trials.csv", "trials.parquet")
 GIB_PER_TRIAL = 3  # a CPU proxy trial (Ray worker, torch, data in memory, activations): ample for resnet50 at 64 px
 #: Settings of one session only: a resume takes them from its own command line, never from the manifest.
 PER_SESSION = ("download", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "time_budget_min")
 #: The CLI's defaults: SearchSettings' own, and the objectives as the CLI writes them (the preset's score first).
 DEFAULTS: dict[str, Any] = {
     **{f.name: f.default for f in fields(SearchSettings) if f.default is not MISSING and f.name not in PER_SESSION},
-    "objectives": "score,gflops",
+    "objectives": DEFAULT_OBJECTIVES,
     "gpus_per_trial": SearchSettings.gpus_per_trial,
 }
 
@@ -151,7 +151,7 @@ def _search(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str
         early_stopping=bool(values["early_stopping"]), grace_period=int(values["grace_period"]),
         reduction_factor=int(values["reduction_factor"]), retries=int(values["retries"]),
         replicates=int(values["replicates"]),
-        population_size=int(values.get("population_size") or max(4, min(50, budget // 4))),
+        population_size=values.get("population_size"),  # None: SearchSettings resolves it from the budget
         num_classes=info.num_classes, epochs=fid.epochs,
         fidelity={k: v for k, v in fid.to_dict().items() if k != "threads"},  # threads are per trial
     )

@@ -29,10 +29,8 @@ import pandas as pd
 
 from results.frame import read_trials
 from results.report import update as write_results
-from results.schema import COMPLETED, FAILED, STOPPED, is_stage_column
+from results.schema import COMPLETED, FAILED, JOURNAL, STOPPED, TRIALS_CSV, TRIALS_PARQUET, is_stage_column
 from space import ArchConfig
-
-from .settings import JOURNAL
 
 __all__ = ["Launch", "Ledger", "config_key", "trial_name"]
 
@@ -94,7 +92,7 @@ class Ledger:
                 launch = Launch(**entry)
                 ledger.launches[launch.trial_id] = launch
                 ledger._by_key.setdefault(launch.key, launch.trial_id)
-        if (ledger.out / "trials.parquet").exists() or (ledger.out / "trials.csv").exists():
+        if (ledger.out / TRIALS_PARQUET).exists() or (ledger.out / TRIALS_CSV).exists():
             for row in read_trials(ledger.out).to_dict("records"):
                 record = _record_from_row(row)
                 ledger.records[record["trial_id"]] = record

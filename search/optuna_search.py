@@ -45,7 +45,7 @@ from space import ArchConfig, SearchSpace
 from .ledger import Launch, Ledger, trial_name
 from .recording import RecordingSearcher, curve_key
 
-__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "optuna_outcome", "reconcile_study"]
+__all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "optuna_state_of", "reconcile_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class ParetoOptunaSearch(RecordingSearcher):
 
     def _tell_like(self, number: int, record: dict) -> None:
         """Tell Optuna trial ``number`` the outcome in ``record``."""
-        _tell_state(self.study, number, *optuna_outcome(record, self._metric))
+        _tell_state(self.study, number, *optuna_state_of(record, self._metric))
 
     # -- results ------------------------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -274,11 +274,11 @@ class ParetoOptunaSearch(RecordingSearcher):
                 _tell_state(self.study, number, TrialState.FAIL)
 
 
-#: trials.csv status -> what Optuna is told: the one table (see :func:`optuna_outcome`).
+#: trials.csv status -> what Optuna is told: the one table (see :func:`optuna_state_of`).
 STATE_OF = {COMPLETED: TrialState.COMPLETE, STOPPED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 
 
-def optuna_outcome(record: dict, objectives: Sequence[str]) -> tuple[TrialState, list[float] | None]:
+def optuna_state_of(record: dict, objectives: Sequence[str]) -> tuple[TrialState, list[float] | None]:
     """The Optuna state (and values) of a record; a completed record without finite objectives is a FAIL."""
     state = STATE_OF.get(record["status"], TrialState.FAIL)
     if state != TrialState.COMPLETE:
@@ -317,7 +317,7 @@ def reconcile_study(study: optuna.Study, ledger: Ledger) -> dict[str, int]:
         launch = by_number.get(frozen.number)
         record = ledger.records.get(launch.trial_id) if launch is not None else None
         if record is not None:
-            _tell_state(study, frozen.number, *optuna_outcome(record, _objectives_of(study, ledger)))
+            _tell_state(study, frozen.number, *optuna_state_of(record, _objectives_of(study, ledger)))
             repaired["told_from_record"] += 1
             continue
         _tell_state(study, frozen.number, TrialState.FAIL)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from results.schema import BEST_JSON, BEST_MD, PARETO_CSV, PARETO_PNG, TRIALS_CSV
 from space import ArchConfig
 
 from .settings import SearchSettings
@@ -55,7 +56,7 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
     if outcome.timed_out:
         print(f"time budget of {settings.time_budget_min:g} min reached")
     print(f"results in {out}:")
-    shown = {"trials.csv", "pareto.csv", "pareto.png", "best_config.json", "best_config.md"}
+    shown = {TRIALS_CSV, PARETO_CSV, PARETO_PNG, BEST_JSON, BEST_MD}
     for name, path in sorted(outcome.written.items()):
         if name in shown or "mmpretrain" in str(path):
             print(f"  {name:<18} {path}")

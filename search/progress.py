@@ -232,10 +232,10 @@ class ProgressCallback(Callback):
         return " | ".join(parts)
 
     def _front_and_best(self) -> str:
+        from results.choice import choose
+        from results.config_stats import config_means, noise_estimate
         from results.frame import trials_frame
         from results.pareto import pareto_front
-        from results.replicates import config_means, noise_estimate
-        from results.select import select_best
 
         records = self.searcher.ledger.ordered_records()
         if not records:
@@ -247,7 +247,7 @@ class ProgressCallback(Callback):
             sd, dof = noise_estimate(raw, self.objectives[0])
             text += f" | noise sd {sd:.4g} ({dof} dof)" if dof else ""
         try:
-            best = select_best(df, self.objectives, self.select)
+            best = choose(raw, self.objectives, self.select, df).best  # what the search would answer now
         except ValueError:  # nothing completed yet, or nothing meets the --select rule yet
             return text
         score = self.objectives[0]

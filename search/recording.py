@@ -1,7 +1,7 @@
 """The searchers' common ground: a Ray ``Searcher`` that keeps the search's book.
 
 Both searchers of a search, :class:`~search.optuna_search.ParetoOptunaSearch` (the budget's trials) and
-:class:`~search.replicates.ReplicateSearch` (the finalists' further seeds), hand launches to Ray and end each
+:class:`~search.replicate_phase.ReplicateSearch` (the finalists' further seeds), hand launches to Ray and end each
 trial's life in one place, :meth:`RecordingSearcher._close`: its record (:func:`build_record`) is written durably
 through the :class:`~search.ledger.Ledger`, then the subclass is told (:meth:`RecordingSearcher._after_record`;
 the Optuna searcher tells the study there). Every way a trial ends goes through it: Ray's ``on_trial_complete``

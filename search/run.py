@@ -268,8 +268,8 @@ def _measure_cost_spread(settings: SearchSettings, space: SearchSpace) -> dict[s
 def seed_noise(ledger: Ledger, objective: str) -> dict[str, Any] | None:
     """The pooled within-config standard deviation of ``objective`` over the replicated configs (``search.json``'s
     ``noise``), or None before any replicate finished."""
+    from results.config_stats import noise_estimate
     from results.frame import trials_frame
-    from results.replicates import noise_estimate
 
     records = ledger.ordered_records()
     if not any(r.get("replicate_of") for r in records):
@@ -287,10 +287,10 @@ def noise_line(noise: dict[str, Any] | None) -> str:
 
 
 def _replicate(settings: SearchSettings, ledger: Ledger, fit: _Fitter, echo) -> None:
-    """The replicate phase (see :mod:`search.replicates`): rounds until the finalists stop changing."""
+    """The replicate phase (see :mod:`search.replicate_phase`): rounds until the finalists stop changing."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from .replicates import ReplicateSearch, max_finalists, plan_replicates
+    from .replicate_phase import ReplicateSearch, max_finalists, plan_replicates
 
     # Each round launches at least one replicate that did not exist, and configs are finite: this ends.
     while True:

@@ -13,27 +13,29 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from evaluators.data import DEFAULT_DATASET
 from results.io import atomic_write_text
-from results.schema import LATENCY_CACHE, STUDY_DB
+from results.schema import LATENCY_CACHE, MANIFEST, STUDY_DB
+from results.select import DEFAULT_RULE
 
 __all__ = [
     "MANIFEST",
     "STUDY_DB",
     "COST_COLUMNS",
+    "DEFAULT_OBJECTIVES",
     "SCORE",
     "SEARCH_DEFINING",
     "SearchSettings",
     "TrialSettings",
+    "default_population",
     "objective_columns",
     "objective_modes",
 ]
 
-MANIFEST = "search.json"
-JOURNAL = "launched.jsonl"
 STUDY_NAME = "scsa-search"
 MANIFEST_VERSION = 1
 
@@ -44,6 +46,8 @@ COST_COLUMNS: dict[str, str] = {
     "latency": "latency_ms",
     "latency_ms": "latency_ms",
 }
+#: The objectives of a search that names none, from Python or the CLI alike: the preset's own score, then GFLOPs.
+DEFAULT_OBJECTIVES = "score,gflops"
 #: The CLI's name for "the proxy preset's own score" (its ``score`` setting: accuracy, val_loss, loss, tse, ...).
 SCORE = "score"
 
@@ -90,6 +94,11 @@ def objective_columns(text: str, score: str = "accuracy") -> list[str]:
     return quality + costs
 
 
+def default_population(budget: int) -> int:
+    """NSGA-II's population for a ``budget``-trial search: a quarter of the budget, between 4 and 50."""
+    return max(4, min(50, budget // 4))
+
+
 def objective_modes(columns: list[str]) -> list[str]:
     """Ray's ``"max"`` / ``"min"`` per objective column."""
     from results.pareto import OBJECTIVE_DIRECTIONS
@@ -120,16 +129,16 @@ class SearchSettings:
     backbone: str
     budget: int
     out: str
-    dataset: str = "fashion-mnist"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     download: bool = False
     proxy: str = "default"
     proxy_set: dict[str, Any] | None = None  # --proxy-set KEY=VALUE overrides of the preset
-    objectives: list[str] = field(default_factory=lambda: ["accuracy", "gflops"])  # the score first, then costs
+    objectives: list[str] | None = None  # the score first, then costs; None: DEFAULT_OBJECTIVES for the preset
     sampler: str = "nsga2"
     seed: int = 0
     space_spec: Any = None  # the parsed space file (kept verbatim so resume does not need the file)
-    select: str = "knee"
+    select: str = DEFAULT_RULE
     device: str = "auto"
     time_budget_min: float | None = None
     max_concurrent: int = 1
@@ -141,13 +150,28 @@ class SearchSettings:
     grace_period: int = 1
     reduction_factor: int = 3
     retries: int = 0
-    replicates: int = 2  # further seeds of each finalist once the budget's trials are done (search/replicates.py)
-    population_size: int = 20
+    replicates: int = 2  # further seeds of each finalist once the budget's trials are done (search/replicate_phase.py)
+    population_size: int | None = None  # NSGA-II's; None: default_population(budget)
     resolution: int = 224  # of the cost objectives (GFLOPs, latency): ImageNet-size, comparable with papers
     num_classes: int = 10  # of the proxy dataset (for the exported configs)
     epochs: int = 1  # of the proxy preset (the scheduler's max_t)
-    fidelity: dict | None = None  # the preset's settings when the search started: a resume must train the same
+    fidelity: dict | None = None  # the preset's settings when the search started (None: the preset's now)
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        # Defaults that follow from other settings are resolved here, in one place, so that a search set up from
+        # Python is the search the CLI runs with the same arguments.
+        if self.objectives is None or self.fidelity is None:
+            from evaluators.fidelity import fidelity
+
+            fid = fidelity(self.proxy, **(self.proxy_set or {}))
+            if self.objectives is None:
+                self.objectives = objective_columns(DEFAULT_OBJECTIVES, fid.score)
+            if self.fidelity is None:
+                self.fidelity = {k: v for k, v in fid.to_dict().items() if k != "threads"}  # threads are per trial
+                self.epochs = fid.epochs
+        if self.population_size is None:
+            self.population_size = default_population(self.budget)
 
     # -- derived ---------------------------------------------------------------------------------------------
     @property

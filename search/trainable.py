@@ -140,7 +140,7 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
     from evaluators.scores import SCORES
     from space import ArchConfig
 
-    from .replicates import replicate_seed
+    from .replicate_phase import replicate_seed
 
     threads = int(settings.threads or 1)
     torch.set_num_threads(threads)

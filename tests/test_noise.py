@@ -1,5 +1,5 @@
-"""results.noise (intervals, t quantiles, pooled sd, verdicts) and results.replicates (per-config means of
-replicated trials, the noise estimate, paired gains, finalists), and the replicate plan of search.replicates."""
+"""results.noise (intervals, t quantiles, pooled sd, verdicts) and results.config_stats (per-config means of
+replicated trials, the noise estimate, paired gains, finalists), and the replicate plan of search.replicate_phase."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import statistics
 import pandas as pd
 import pytest
 
+from results.config_stats import config_means, finalists, noise_estimate, paired_gain, rule_order
 from results.frame import trials_frame
 from results.noise import interval, paired_difference, pooled_sd, t_quantile, verdict
 from results.pareto import pareto_front
-from results.replicates import config_means, finalists, noise_estimate, paired_gain, rule_order
 from space import ArchConfig, SearchSpace
 
 # Student's t 97.5 % quantiles from printed tables (df 1, 2, 3, 5, 10, 30) and the normal limit.
@@ -107,14 +107,6 @@ def test_finalists_are_references_front_and_configs_within_the_band():
     assert finalists(means, ["accuracy", "gflops"], band=0.01) == ["t0", "t1", "t2"]
 
 
-def test_a_limit_keeps_references_and_front_and_cuts_the_band_nearest_first():
-    df = _frame({0: [0.80], 1: [0.81], 2: [0.86], 3: [0.845]})
-    means = config_means(df, ["accuracy", "gflops"])
-    assert finalists(means, ["accuracy", "gflops"], band=0.02, limit=4) == ["t0", "t1", "t2", "t3"]
-    assert finalists(means, ["accuracy", "gflops"], band=0.02, limit=3) == ["t0", "t1", "t2"]
-    assert finalists(means, ["accuracy", "gflops"], band=0.02, limit=1) == ["t0", "t1", "t2"]  # never fewer
-
-
 def test_the_front_comes_in_the_order_the_selection_rule_prefers_it():
     df = _frame({0: [0.80], 1: [0.81], 2: [0.84], 3: [0.86]})
     means = config_means(df, ["accuracy", "gflops"])
@@ -127,6 +119,6 @@ def test_the_front_comes_in_the_order_the_selection_rule_prefers_it():
 
 
 def test_the_replicate_phase_is_bounded_by_a_share_of_the_budget():
-    from search.replicates import MIN_FINALISTS, max_finalists
+    from search.replicate_phase import MIN_FINALISTS, max_finalists
 
     assert max_finalists(200) == 6 and max_finalists(6) == MIN_FINALISTS

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _commands() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    setup = text[text.index("## Set-up on a fresh machine"):text.index("## SCSA module")]
+    start = text.index("## Set-up on a fresh machine")
+    setup = text[start:text.index("\n## ", start + 1)]
     return re.findall(r"```bash\n(.+?)\n```", setup)
 
 
@@ -89,3 +90,31 @@ def test_both_commands_install_the_pins_and_the_pins_are_inside_setup_cfgs_range
         name = re.sub(r"[-_.]+", "-", req.name).lower()
         assert name in pins, f"{req.name} is not pinned in constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_readme_is_short_and_every_relative_link_in_it_and_in_docs_resolves():
+    readme = ROOT / "README.md"
+    assert readme.stat().st_size <= 15 * 1024, f"README.md is {readme.stat().st_size} bytes"
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"(?m)^#{1,6} (.*)$", file.read_text(encoding="utf-8"))
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)", readme.read_text(encoding="utf-8")))
+    assert linked >= {p.name for p in pages[1:] if not p.name.startswith("example-")}, "a docs page the README omits"

@@ -84,7 +84,7 @@ def test_plan_forced_reruns_interrupted_trials_first_and_counts_them_once(tmp_pa
 
 
 def test_replicates_plan_the_finalists_reruns_first_never_twice_and_stay_out_of_the_budget(tmp_path):
-    from search.replicates import SEED_STRIDE, plan_replicates, replicate_seed
+    from search.replicate_phase import SEED_STRIDE, plan_replicates, replicate_seed
 
     archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
              SearchSpace("resnet18").sample(1), SearchSpace("resnet18").sample(2)]
@@ -117,7 +117,7 @@ def test_replicates_plan_the_finalists_reruns_first_never_twice_and_stay_out_of_
 
 
 def test_the_replicate_limit_counts_configs_over_all_rounds(tmp_path):
-    from search.replicates import plan_replicates
+    from search.replicate_phase import plan_replicates
 
     archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
              SearchSpace("resnet18").sample(1), SearchSpace("resnet18").sample(2)]

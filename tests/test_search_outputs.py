@@ -19,10 +19,10 @@ import optuna
 import pytest
 from test_search_e2e import FASHION, ROOT, _non_dominated, _rows, needs_fashion
 
+from results.config_stats import config_means
 from results.export import write_mmpretrain
 from results.frame import read_trials
 from results.pareto import hypervolume, reference_point
-from results.replicates import config_means
 from space import ArchConfig
 
 

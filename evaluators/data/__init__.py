@@ -29,6 +29,7 @@ from .split import Split
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_DATASET",
     "FASHION_MNIST_INSTALL",
     "FASHION_MNIST_SYSTEM_DIR",
     "DataInfo",
@@ -39,7 +40,9 @@ __all__ = [
     "load_splits",
 ]
 
-DATASETS: tuple[str, ...] = tuple(sorted(SOURCES, key=lambda name: name != "fashion-mnist"))  # the default first
+#: The embedded dataset every entry point defaults to (a Debian package, offline).
+DEFAULT_DATASET = fashion_mnist.FashionMNIST.name
+DATASETS: tuple[str, ...] = tuple(sorted(SOURCES, key=lambda name: name != DEFAULT_DATASET))  # the default first
 FASHION_MNIST_SYSTEM_DIR = fashion_mnist.SYSTEM_DIR
 FASHION_MNIST_INSTALL = fashion_mnist.INSTALL
 

@@ -2,7 +2,7 @@
 
 One proxy trial is one draw: its score moves between seeds by about as much as configs differ. So when the
 sampler's trials are done, the *finalists* (both references, the front, and every config within the noise band of
-the front; see :func:`results.replicates.finalists`) are trained ``--replicates K`` more times, at the top
+the front; see :func:`results.config_stats.finalists`) are trained ``--replicates K`` more times, at the top
 fidelity, with the same seeds for every finalist (replicate k trains with ``seed + k * SEED_STRIDE``), so that two
 finalists can be compared seed by seed. Rounds repeat until the set of finalists stops growing: the first round
 (references and front) gives the noise estimate that defines the band for the next.
@@ -20,8 +20,8 @@ import math
 
 from ray.tune.search import Searcher
 
+from results.config_stats import config_means, finalists, noise_estimate
 from results.frame import trials_frame
-from results.replicates import config_means, finalists, noise_estimate
 
 from .ledger import Launch, Ledger
 from .recording import RecordingSearcher
@@ -59,7 +59,7 @@ def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | 
                     rule: str | None = None) -> list[Launch]:
     """Replicates still to run: interrupted ones first (same ids), then those of finalists not yet replicated; at
     most ``limit`` configs replicated over all rounds (the references always; then the front in the order the
-    selection ``rule`` prefers it, see :func:`results.replicates.finalists`)."""
+    selection ``rule`` prefers it, see :func:`results.config_stats.finalists`)."""
     reruns = [ledger.launches[t] for t in ledger.unfinished_ids(replicates=True)]
     if k <= 0:
         return reruns

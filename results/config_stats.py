@@ -1,7 +1,7 @@
 """Replicates: further seeds of a config, rows of their own in ``trials.csv``, and what they make of the results.
 
 A search trains each config once (the sampler's trials); the finalists are then trained again with further seeds
-(see ``search/replicates.py``). A replicate row names the trial it repeats in :data:`REPLICATE_OF`; every finalist
+(see ``search/replicate_phase.py``). A replicate row names the trial it repeats in :data:`REPLICATE_OF`; every finalist
 is replicated with the same seeds, so two configs can be compared seed by seed (paired). This module turns the
 raw rows into one row per config (:func:`config_means`: the objectives are means over the config's completed
 seeds, with the seed count and a 95 % interval of the first objective), estimates the proxy's seed noise
@@ -117,17 +117,16 @@ def rule_order(front: pd.DataFrame, objectives: Sequence[str], rule: str) -> lis
     return order + list(rest["trial_id"].astype(str))
 
 
-def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float, limit: int | None = None,
-              rule: str | None = None) -> list[str]:
+def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float, rule: str | None = None) -> list[str]:
     """Configs (first trial ids) worth replicating: the references, the front of the means, and every completed
     config whose first objective is within ``band`` of the front at no more cost (``band``: an absolute
     difference in that objective's units, e.g. 2.8 seed sd for the difference of two single draws).
 
-    With ``limit``, the configs within the band are taken nearest the front first, until there are ``limit``
-    finalists (the references and the front are always in): where configs differ by less than the seed noise,
-    nearly every config is within the band, and replicating them all would cost more than the search. The front
-    comes in the order the selection ``rule`` prefers (:func:`rule_order`; by GFLOPs without one), so that a
-    caller who can afford only the first few replicates those the choice will be made among."""
+    The configs within the band come nearest the front first: where configs differ by less than the seed noise,
+    nearly every config is within the band, and a caller that can afford only the first few (the replicate phase's
+    limit, :func:`search.replicate_phase.plan_replicates`) takes those. The front comes in the order the selection
+    ``rule`` prefers (:func:`rule_order`; by GFLOPs without one), so that the first few are those the choice will
+    be made among."""
     quality, costs = objectives[0], list(objectives[1:])
     done = means[means["status"] == COMPLETED]
     picked = list(done.loc[done["reference"].fillna("").astype(str) != "", "trial_id"].astype(str))
@@ -147,5 +146,4 @@ def finalists(means: pd.DataFrame, objectives: Sequence[str], band: float, limit
             if gap <= band and str(row["trial_id"]) not in picked:
                 near.append((max(gap, 0.0), str(row["trial_id"])))
     near.sort(key=lambda g: g[0])  # stable: equal gaps stay in trial order
-    room = len(near) if limit is None else max(0, limit - len(picked))
-    return picked + [trial_id for _, trial_id in near[:room]]
+    return picked + [trial_id for _, trial_id in near]
