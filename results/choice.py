@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from results.config_stats import SEEDS, config_means, paired_gain
+from results.config_stats import config_means, paired_gain
 from results.noise import Interval, verdict
 from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, pareto_front
-from results.schema import COMPLETED
+from results.schema import COMPLETED, SEEDS
 from results.select import DEFAULT_RULE, knee_front, parse_select_rule, select_best
 
 __all__ = ["Choice", "Finalist", "better_than_plain", "choose", "compare_finalists", "format_gain"]

@@ -19,22 +19,11 @@ import pandas as pd
 
 from results.noise import Interval, interval, paired_difference, pooled_sd
 from results.pareto import OBJECTIVE_DIRECTIONS, pareto_front
-from results.schema import COMPLETED
+from results.schema import COMPLETED, REPLICATE_OF, SEEDS, interval_column
 from results.select import select_best
 
 __all__ = ["REPLICATE_OF", "SEEDS", "config_means", "finalists", "interval_column", "noise_estimate",
            "paired_gain", "rule_order", "seed_table"]
-
-#: Column of a replicate row: the trial id of the config's first trial ("" on the first trial itself).
-REPLICATE_OF = "replicate_of"
-#: Column of the per-config frame: completed seeds behind the means.
-SEEDS = "seeds"
-
-
-def interval_column(objective: str) -> str:
-    """The per-config frame's column holding the 95 % half-width of ``objective``'s mean."""
-    return f"{objective}_ci95"
-
 
 def _config_of(df: pd.DataFrame) -> pd.Series:
     """Per row, the trial id of its config's first trial."""

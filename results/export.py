@@ -15,10 +15,10 @@ import pandas as pd
 
 from evaluators.data import DEFAULT_DATASET
 from results.choice import Choice, better_than_plain, format_gain
-from results.config_stats import REPLICATE_OF, SEEDS, interval_column, noise_estimate
+from results.config_stats import noise_estimate
 from results.io import atomic_write_text
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
-from results.schema import BEST_JSON, BEST_MD, COMPLETED, MMPRETRAIN_PY
+from results.schema import BEST_JSON, BEST_MD, COMPLETED, MMPRETRAIN_PY, REPLICATE_OF, SEEDS, interval_column
 from space import ArchConfig
 from space.backbones import family, num_features
 

@@ -29,7 +29,6 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from results.config_stats import SEEDS, interval_column
 from results.io import atomic_path
 from results.pareto import (
     DEFAULT_OBJECTIVES,
@@ -38,7 +37,7 @@ from results.pareto import (
     REFERENCE_LABELS,
     pareto_front,
 )
-from results.schema import COMPLETED, FAILED, STOPPED, stage_numbers
+from results.schema import COMPLETED, FAILED, SEEDS, STOPPED, interval_column, stage_numbers
 
 __all__ = ["cost_axis", "param_importances", "plot_effects", "plot_hypervolume", "plot_pareto"]
 

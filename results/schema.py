@@ -9,9 +9,15 @@ a config into those columns (:func:`flatten_stages`) and reads the column names 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "REPLICATE_OF",
+    "SEEDS",
+    "TrialRecord",
+    "curve_key",
+    "interval_column",
     "BEST_JSON",
     "BEST_MD",
     "COST_SPREAD_JSON",
@@ -85,6 +91,77 @@ CORE_COLUMNS: tuple[str, ...] = (
     "backbone",
 )
 CONFIG_JSON = "config_json"
+#: Column of a replicate row: the trial id of the config's first trial ("" on the first trial itself).
+REPLICATE_OF = "replicate_of"
+#: Column of the per-config frame: completed seeds behind the means.
+SEEDS = "seeds"
+
+
+def interval_column(objective: str) -> str:
+    """The per-config frame's column holding the 95 % half-width of ``objective``'s mean."""
+    return f"{objective}_ci95"
+
+
+def curve_key(objective: str) -> str:
+    """The column (record key) of a trial's per-epoch values of ``objective`` (what the scheduler's rungs saw)."""
+    return f"{objective}_curve"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial (or replicate of one): a row of ``trials.csv``, typed. Its keys are named here only.
+
+    ``scores`` holds every proxy score the trial's last result carried (``evaluators.scores.SCORES``: accuracy,
+    val_loss, loss, tse, tse_ema), ``curve`` the first objective per epoch (column :func:`curve_key`)."""
+
+    trial_id: str
+    number: int
+    status: str  # COMPLETED, STOPPED or FAILED
+    config: Mapping[str, Any]
+    reference: str = ""
+    scores: Mapping[str, float | None] = field(default_factory=dict)
+    gflops: float | None = None
+    params: float | None = None
+    latency_ms: float | None = None
+    fidelity: float | None = None  # the share of the proxy schedule the trial trained (epoch / epochs)
+    epochs_done: int = 0
+    time_s: float | None = None
+    error: str = ""
+    optuna_number: int | None = None
+    seed: int | None = None
+    replicate_of: str = ""
+    curve_objective: str = ""
+    curve: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+
+    def as_row(self) -> dict[str, Any]:
+        """The record as the ledger keeps it and ``trials_frame`` reads it (columns absent where they do not
+        apply: ``replicate_of`` on a first trial, the curve on a trial that reported no epoch)."""
+        row: dict[str, Any] = {
+            "trial_id": self.trial_id,
+            "number": self.number,
+            "status": self.status,
+            "reference": self.reference,
+            **dict(self.scores),
+            "gflops": self.gflops,
+            "params": self.params,
+            "latency_ms": self.latency_ms,
+            "fidelity": self.fidelity,
+            "epochs_done": self.epochs_done,
+            "time_s": self.time_s,
+            "error": self.error,
+            "config": dict(self.config),
+            "optuna_number": self.optuna_number,
+            "seed": self.seed,
+        }
+        if self.replicate_of:
+            row[REPLICATE_OF] = self.replicate_of
+        if self.curve:
+            row[curve_key(self.curve_objective)] = [round(float(a), 6) for a in self.curve]
+        return row
 
 STAGE_FIELDS: tuple[str, ...] = ("attn", "position", "blocks", "groups", "kernels", "window", "heads", "gate", "pool")
 # Fields that mean something for any attention (where it sits), and those only SCSA has.
@@ -119,15 +196,15 @@ def flatten_stages(config: Mapping[str, Any]) -> dict[str, Any]:
         flat[f"s{i}_attn"] = attn
         has_attention = attn.lower() not in _NO_ATTENTION
         is_scsa = attn.lower() == "scsa"
-        for field in STAGE_FIELDS[1:]:
-            relevant = (field in _PLACEMENT_FIELDS and has_attention) or (field in _SCSA_FIELDS and is_scsa)
-            value = stage.get(field) if relevant else None
-            if field in NUMERIC_STAGE_FIELDS:
-                flat[f"s{i}_{field}"] = (
+        for name in STAGE_FIELDS[1:]:
+            relevant = (name in _PLACEMENT_FIELDS and has_attention) or (name in _SCSA_FIELDS and is_scsa)
+            value = stage.get(name) if relevant else None
+            if name in NUMERIC_STAGE_FIELDS:
+                flat[f"s{i}_{name}"] = (
                     value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
                 )
             else:
-                flat[f"s{i}_{field}"] = _join(value)
+                flat[f"s{i}_{name}"] = _join(value)
     return flat
 
 

@@ -29,7 +29,16 @@ import pandas as pd
 
 from results.frame import read_trials
 from results.report import update as write_results
-from results.schema import COMPLETED, FAILED, JOURNAL, STOPPED, TRIALS_CSV, TRIALS_PARQUET, is_stage_column
+from results.schema import (
+    COMPLETED,
+    FAILED,
+    JOURNAL,
+    REPLICATE_OF,
+    STOPPED,
+    TRIALS_CSV,
+    TRIALS_PARQUET,
+    is_stage_column,
+)
 from space import ArchConfig
 
 __all__ = ["Launch", "Ledger", "config_key", "trial_name"]
@@ -151,7 +160,7 @@ class Ledger:
         """Finished trials (or, with ``replicates``, replicates) per status."""
         counts = {COMPLETED: 0, STOPPED: 0, FAILED: 0}
         for record in self.records.values():
-            if bool(record.get("replicate_of")) == replicates:
+            if bool(record.get(REPLICATE_OF)) == replicates:
                 counts[record["status"]] = counts.get(record["status"], 0) + 1
         return counts
 

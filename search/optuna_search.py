@@ -39,11 +39,11 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from results.schema import COMPLETED, FAILED, STOPPED
+from results.schema import COMPLETED, FAILED, STOPPED, curve_key
 from space import ArchConfig, SearchSpace
 
 from .ledger import Launch, Ledger, trial_name
-from .recording import RecordingSearcher, curve_key
+from .recording import RecordingSearcher
 
 __all__ = ["MAX_DRAWS", "Forced", "ParetoOptunaSearch", "optuna_state_of", "reconcile_study"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from results.schema import BEST_JSON, BEST_MD, PARETO_CSV, PARETO_PNG, TRIALS_CSV
+from results.schema import BEST_JSON, BEST_MD, PARETO_CSV, PARETO_PNG, SEEDS, TRIALS_CSV
 from space import ArchConfig
 
 from .settings import SearchSettings
@@ -63,7 +63,7 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
     print(f"  {'study.db':<18} {out / 'study.db'}  (optuna-dashboard sqlite:///{out / 'study.db'})")
     best = outcome.best
     if best is not None:
-        seeds, score = int(best.get("seeds", 1) or 1), settings.objectives[0]
+        seeds, score = int(best.get(SEEDS, 1) or 1), settings.objectives[0]
         print(f"chosen by {settings.select}: {best['trial_id']} {score} {float(best[score]):.4f}"
               + (f" (mean of {seeds} seeds)" if seeds > 1 else "") + f", {float(best['gflops']):.3f} GFLOPs")
         if outcome.note:

@@ -19,55 +19,48 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from ray.tune.search import Searcher
 
 from evaluators.scores import SCORES
 from results.io import disk_full
-from results.schema import COMPLETED, FAILED, STOPPED
+from results.schema import COMPLETED, FAILED, STOPPED, TrialRecord, curve_key
 
 from .ledger import Launch, Ledger
 
 __all__ = ["RecordingSearcher", "build_record", "curve_key", "status_of"]
 
 
-def curve_key(objective: str) -> str:
-    """The record key of a trial's per-epoch values of ``objective`` (what the scheduler's rungs saw)."""
-    return f"{objective}_curve"
-
-
 def build_record(
     launch: Launch, result: dict | None, status: str, error: str = "", curve: Sequence[float] | None = None,
     objective: str = "accuracy",
 ) -> dict:
-    """The trials.csv record of a finished trial from its last Ray result (``None`` if it never reported): every
-    proxy score the result carries, the costs, and ``curve`` (``objective`` per epoch)."""
+    """The trials.csv record (:class:`~results.schema.TrialRecord`, as a row) of a finished trial from its last Ray
+    result (``None`` if it never reported): every proxy score the result carries, the costs, and ``curve``
+    (``objective`` per epoch)."""
     result = result or {}
     epochs = result.get("epochs")
     epoch = result.get("epoch")
-    record: dict[str, Any] = {
-        "trial_id": launch.trial_id,
-        "number": launch.number,
-        "status": status,
-        "reference": launch.reference,
-        **{score: result.get(score) for score in SCORES},
-        "gflops": result.get("gflops"),
-        "params": result.get("params"),
-        "latency_ms": result.get("latency_ms"),
-        "fidelity": (epoch / epochs) if epoch is not None and epochs else (0.0 if status == FAILED else None),
-        "epochs_done": epoch if epoch is not None else 0,
-        "time_s": result.get("time_total_s"),
-        "error": error,
-        "config": launch.config,
-        "optuna_number": launch.optuna_number,
-        "seed": result.get("seed"),
-    }
-    if launch.replicate_of:
-        record["replicate_of"] = launch.replicate_of
-    if curve:
-        record[curve_key(objective)] = [round(float(a), 6) for a in curve]
-    return record
+    return TrialRecord(
+        trial_id=launch.trial_id,
+        number=launch.number,
+        status=status,
+        config=launch.config,
+        reference=launch.reference,
+        scores={score: result.get(score) for score in SCORES},
+        gflops=result.get("gflops"),
+        params=result.get("params"),
+        latency_ms=result.get("latency_ms"),
+        fidelity=(epoch / epochs) if epoch is not None and epochs else (0.0 if status == FAILED else None),
+        epochs_done=epoch if epoch is not None else 0,
+        time_s=result.get("time_total_s"),
+        error=error,
+        optuna_number=launch.optuna_number,
+        seed=result.get("seed"),
+        replicate_of=launch.replicate_of,
+        curve_objective=objective,
+        curve=tuple(curve or ()),
+    ).as_row()
 
 
 def status_of(result: dict | None, metrics: Sequence[str]) -> tuple[str, str]:

@@ -43,12 +43,12 @@ from typing import Any
 
 import optuna
 
-from results.schema import STOPPED
+from results.schema import REPLICATE_OF, STOPPED, curve_key
 from space import ArchConfig, SearchSpace
 
 from .cluster import init_ray
 from .ledger import Ledger
-from .optuna_search import Forced, ParetoOptunaSearch, curve_key, reconcile_study
+from .optuna_search import Forced, ParetoOptunaSearch, reconcile_study
 from .out_lock import OutLock
 from .outcome import SearchOutcome
 from .samplers import SamplerSpec, session_seed
@@ -184,7 +184,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
                                                 band=promotion_band(settings.fidelity or {}, settings.objectives[0]))
                 curve = curve_key(settings.objectives[0])
                 for record in ledger.records.values():
-                    if record.get(curve) and not record.get("replicate_of"):
+                    if record.get(curve) and not record.get(REPLICATE_OF):
                         scheduler.seed(record["trial_id"], record[curve],
                                        {k: record.get(k) for k in settings.objectives[1:]})
             else:
@@ -272,7 +272,7 @@ def seed_noise(ledger: Ledger, objective: str) -> dict[str, Any] | None:
     from results.frame import trials_frame
 
     records = ledger.ordered_records()
-    if not any(r.get("replicate_of") for r in records):
+    if not any(r.get(REPLICATE_OF) for r in records):
         return None
     sd, dof = noise_estimate(trials_frame(records), objective)
     return {"objective": objective, "sd": sd, "dof": dof} if dof else None
