@@ -366,19 +366,21 @@ def param_importances(study_db: str | os.PathLike[str], min_trials: int = 8) -> 
 
 
 def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importances: Mapping[str, float] | None = None,
-                 top_k: int = 12) -> Path:
-    """Per-stage effect of the attention choice on proxy accuracy, one panel per stage. Returns the path written.
+                 top_k: int = 12, objective: str = "accuracy") -> Path:
+    """Per-stage effect of the attention choice on the proxy score ``objective`` (the search's first objective),
+    one panel per stage. Returns the path written.
 
     Each panel groups the completed trials by that stage's attention and position (e.g. ``scsa @ mid``): a
     horizontal box per group (horizontal so that long group names stay readable) with the trials jittered on top
-    and the group size in the label. Stage panels share the accuracy axis so they can be compared. With
+    and the group size in the label. Stage panels share the score's axis so they can be compared. With
     ``importances`` (from :func:`param_importances`), a last panel shows the ``top_k`` of them.
     """
     stages = stage_numbers(df.columns)
     status = _status(df)
     rows = df[status == COMPLETED]
-    if "accuracy" in rows.columns:
-        rows = rows[pd.to_numeric(rows["accuracy"], errors="coerce").notna()]
+    scale, label = _quality_scale(objective)
+    if objective in rows.columns:
+        rows = rows[pd.to_numeric(rows[objective], errors="coerce").notna()]
     else:
         rows = rows.iloc[:0]
     importances = dict(importances or {})
@@ -404,7 +406,7 @@ def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importances:
         else:
             # "none" first, then alphabetical: the same order in every panel, and the no-attention case on top.
             groups = sorted(choice.unique(), key=lambda g: (g != "none", str(g)))[::-1]
-            data = [100 * rows.loc[choice == g, "accuracy"].to_numpy(dtype=float) for g in groups]
+            data = [scale * rows.loc[choice == g, objective].to_numpy(dtype=float) for g in groups]
             ax.boxplot(
                 data,
                 **_HORIZONTAL,
@@ -418,7 +420,7 @@ def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importances:
             ax.set_yticks(range(1, len(groups) + 1))
             ax.set_yticklabels([f"{g} (n={len(v)})" for g, v in zip(groups, data, strict=True)], fontsize=8)
         ax.set_title(f"stage {stage}: attention @ position", fontsize=10)
-        ax.set_xlabel("proxy accuracy (%)", fontsize=9)
+        ax.set_xlabel(label, fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
 
     used = len(stages)
@@ -426,12 +428,13 @@ def plot_effects(df: pd.DataFrame, path: str | os.PathLike[str], *, importances:
         ax = axes[used]
         top = sorted(importances.items(), key=lambda kv: kv[1], reverse=True)[:top_k][::-1]
         ax.barh([k for k, _ in top], [v for _, v in top], color="#55a868")
-        ax.set_title("importance for accuracy (Optuna PED-ANOVA)", fontsize=10)
+        ax.set_title(f"importance for {OBJECTIVE_LABELS.get(objective, objective)} (Optuna PED-ANOVA)", fontsize=10)
         ax.set_xlabel("share of importance", fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(True, axis="x", alpha=0.3)
         used += 1
     for ax in axes[max(used, 1) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{_backbone(df)}: proxy accuracy by each stage's attention\n({len(rows)} completed trials)")
+    fig.suptitle(f"{_backbone(df)}: {OBJECTIVE_LABELS.get(objective, objective)} by each stage's attention\n"
+                 f"({len(rows)} completed trials)")
     return _save(fig, path)

@@ -133,7 +133,7 @@ def finalize(
         written["reference_point"] = ref
         written["tensorboard"] = out / TENSORBOARD_DIR
     importances = param_importances(out / STUDY_DB) if (out / STUDY_DB).is_file() else {}
-    written[EFFECTS_PNG] = plot_effects(means, out / EFFECTS_PNG, importances=importances)
+    written[EFFECTS_PNG] = plot_effects(means, out / EFFECTS_PNG, importances=importances, objective=objectives[0])
     if choice is not None:
         written.update(export_best(out, choice, df, means, objectives, select, resolution=resolution,
                                    dataset=dataset, num_classes=num_classes))

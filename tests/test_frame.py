@@ -250,3 +250,21 @@ def test_param_importances_come_from_the_study(tmp_path: Path) -> None:
     assert max(importances, key=importances.get) == "s1_attn"
     assert sum(importances.values()) == pytest.approx(1.0)
     assert param_importances(db, min_trials=81) == {} and param_importances(tmp_path / "missing.db") == {}
+
+
+def test_the_effects_plot_shows_the_searchs_first_objective(tmp_path: Path, monkeypatch) -> None:
+    import results.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    records = _records()
+    for i, record in enumerate(records):
+        record["loss"] = 0.5 + 0.01 * i
+        record["accuracy"] = None  # a loss-ranked search: only the loss says anything
+    df = trials_frame(records)
+    completed = int((df["status"] == "completed").sum())
+    plot_effects(df, tmp_path / "effects.png", objective="loss")
+    (fig,) = drawn
+    assert fig.get_suptitle().startswith(f"{df['backbone'].iloc[0]}: proxy training loss (last epoch) by")
+    assert f"({completed} completed trials)" in fig.get_suptitle()
+    assert fig.axes[0].get_xlabel() == "proxy training loss (last epoch), lower is better"

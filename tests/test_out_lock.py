@@ -49,3 +49,24 @@ def test_a_directory_the_lock_created_and_nothing_else_wrote_is_removed(tmp_path
     with OutLock(kept):
         (kept / "search.json").write_text("{}")
     assert sorted(p.name for p in kept.iterdir()) == ["search.json", "search.lock"]
+
+
+def test_without_flock_the_recorded_holder_decides(tmp_path, monkeypatch):
+    # some network file systems refuse flock (ENOLCK): a live pid on this host holds the directory, a dead one not
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": "earlier"}
+    (out / "search.lock").write_text(json.dumps(holder))
+    with pytest.raises(OutInUse, match=f"pid {os.getpid()} on {socket.gethostname()}, since earlier"), OutLock(out):
+        pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / "search.lock").write_text(json.dumps({**holder, "pid": int(dead.stdout)}))
+    with OutLock(out):  # its holder is gone: taken over
+        assert json.loads((out / "search.lock").read_text())["pid"] == os.getpid()
