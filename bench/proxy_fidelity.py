@@ -341,6 +341,9 @@ def main() -> None:
                 print(f"{kind:>5} {v:<10} seed {seed} {n:<34} acc {100 * row['accuracy']:.2f}% val_loss "
                       f"{row['val_loss']:.4f} tse {row['tse']:.2f}  {row['cpu_s']:.0f} cpu-s", flush=True)
                 save([row])
+    if df.empty:
+        print(f"no runs yet in {out}; the committed rows are in docs/bench/proxy_fidelity.csv (--out)")
+        return
     print(summarise(df, args.backbones))
     plot(df, out.with_suffix(".png"), args.backbones)
 
