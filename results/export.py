@@ -8,17 +8,16 @@ import math
 import os
 import pprint
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from evaluators.data import DEFAULT_DATASET
 from results.choice import Choice, better_than_plain, format_gain
-from results.config_stats import noise_estimate
 from results.io import atomic_write_text
+from results.model import SearchResults
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
-from results.schema import BEST_JSON, BEST_MD, COMPLETED, MMPRETRAIN_PY, REPLICATE_OF, SEEDS, interval_column
+from results.schema import BEST_JSON, BEST_MD, COMPLETED, MMPRETRAIN_PY, SEEDS, interval_column
 from space import ArchConfig
 from space.backbones import family, num_features
 
@@ -212,11 +211,7 @@ def _quality(row: pd.Series, objective: str) -> str:
 
 
 def best_config_markdown(
-    choice: Choice,
-    df: pd.DataFrame,
-    means: pd.DataFrame,
-    objectives: Sequence[str],
-    rule: str,
+    results: SearchResults,
     *,
     resolution: int = 224,
     dataset: str = DEFAULT_DATASET,
@@ -224,6 +219,9 @@ def best_config_markdown(
 ) -> str:
     """``best_config.md``: what was chosen, by which rule, its objectives (means over seeds, with intervals), and
     how it compares with both references: paired gains with 95 % intervals and a verdict."""
+    choice, means, objectives, rule = results.choice, results.means, results.objectives, results.rule
+    if choice is None:
+        raise ValueError(f"nothing was chosen: {results.reason}")
     best = choice.best
     quality = objectives[0]
     arch = ArchConfig.from_dict(json.loads(best["config_json"]))
@@ -232,9 +230,9 @@ def best_config_markdown(
     # latency is measured only when it is an objective; then it is a column of its own
     latency = "latency_ms" in objectives
     base_ms = float(plain["latency_ms"].iloc[0]) if latency and len(plain) else math.nan
-    replicates = int((df[REPLICATE_OF].astype(str) != "").sum()) if REPLICATE_OF in df.columns else 0
-    trials = len(df) - replicates
-    sd, dof = noise_estimate(df, quality)
+    replicates = results.replicates
+    trials = len(results.trials) - replicates
+    sd, dof = results.noise_sd, results.noise_dof
     scale = 100.0 if quality == "accuracy" else 1.0
     unit = "points" if quality == "accuracy" else ""
     lines = [f"# Chosen architecture ({rule})", "", f"`{arch.describe()}`", ""]
@@ -331,21 +329,16 @@ def _finalists_markdown(choice: Choice, quality: str, base_gflops: float, base_m
 
 def export_best(
     out_dir: str | os.PathLike[str],
-    choice: Choice,
-    df: pd.DataFrame,
-    means: pd.DataFrame,
-    objectives: Sequence[str],
-    rule: str,
+    results: SearchResults,
     *,
     resolution: int = 224,
     dataset: str = DEFAULT_DATASET,
     num_classes: int = NUM_CLASSES,
 ) -> dict[str, Path]:
     """Write ``best_config.json``, ``best_config.md`` and the mmpretrain config for the chosen config."""
-    arch = ArchConfig.from_dict(json.loads(choice.best["config_json"]))
+    md = best_config_markdown(results, resolution=resolution, dataset=dataset, num_classes=num_classes)
+    arch = ArchConfig.from_dict(json.loads(results.choice.best["config_json"]))
     out = Path(out_dir)
-    md = best_config_markdown(choice, df, means, objectives, rule, resolution=resolution, dataset=dataset,
-                              num_classes=num_classes)
     atomic_write_text(out / BEST_MD, md)
     return {
         BEST_JSON: write_best_config(out, arch),

@@ -209,7 +209,11 @@ def write_pareto(
 
     Same columns as ``trials.csv``; with no completed trial the file holds the header only.
     """
-    front = pareto_front(df, objectives)
+    return write_front(pareto_front(df, objectives), out_dir)
+
+
+def write_front(front: pd.DataFrame, out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """Write a front computed already (``SearchResults.front``) as ``pareto.csv``, atomically; return it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PARETO_CSV, front.to_csv(index=False))

@@ -18,12 +18,13 @@ from pathlib import Path
 import pandas as pd
 
 from evaluators.data import DEFAULT_DATASET
-from results.choice import better_than_plain, choose
+from results.choice import better_than_plain
 from results.config_stats import config_means
 from results.export import NUM_CLASSES, export_best
-from results.frame import read_trials, trials_frame, write_pareto, write_trials
+from results.frame import read_trials, trials_frame, write_front, write_trials
 from results.io import atomic_write_text
-from results.pareto import hypervolume_history, reference_point
+from results.model import search_results
+from results.pareto import hypervolume_history, pareto_front, reference_point
 from results.plots import param_importances, plot_effects, plot_hypervolume, plot_pareto
 from results.schema import (
     BEST_MD,
@@ -79,8 +80,8 @@ def update(out_dir: str | os.PathLike[str], records: Iterable[Mapping], objectiv
     per-config means) from all records so far."""
     df = trials_frame(list(records))
     write_trials(df, out_dir)
-    means = config_means(df, objectives)
-    write_pareto(means, out_dir, objectives)
+    means = config_means(df, objectives)  # no choice while the search runs: the means and their front only
+    write_front(pareto_front(means, objectives), out_dir)
     _hypervolumes(out_dir, means, objectives)
     return df
 
@@ -115,14 +116,12 @@ def finalize(
     df = records if isinstance(records, pd.DataFrame) else trials_frame(list(records))
     if not isinstance(records, pd.DataFrame):
         write_trials(df, out)
-    means = config_means(df, objectives)
-    write_pareto(means, out, objectives)
+    results = search_results(df, objectives, select)  # computed once; everything below reads it
+    means, choice = results.means, results.choice
+    write_front(results.front, out)
     written: dict[str, object] = {TRIALS_CSV: out / TRIALS_CSV, PARETO_CSV: out / PARETO_CSV}
-    choice = None
-    try:
-        choice = choose(df, objectives, select, means)
-    except ValueError as e:
-        written["reason"] = str(e)
+    if choice is None:
+        written["reason"] = results.reason
     best = choice.best if choice is not None else None
     written[PARETO_PNG] = plot_pareto(means, out / PARETO_PNG, objectives, best, resolution=resolution,
                                         best_label=f"chosen ({select})")
@@ -135,8 +134,7 @@ def finalize(
     importances = param_importances(out / STUDY_DB) if (out / STUDY_DB).is_file() else {}
     written[EFFECTS_PNG] = plot_effects(means, out / EFFECTS_PNG, importances=importances, objective=objectives[0])
     if choice is not None:
-        written.update(export_best(out, choice, df, means, objectives, select, resolution=resolution,
-                                   dataset=dataset, num_classes=num_classes))
+        written.update(export_best(out, results, resolution=resolution, dataset=dataset, num_classes=num_classes))
         _append_cost_spread(out, Path(written[BEST_MD]))
         written["note"] = choice.note
         written["better_than_plain"] = better_than_plain(choice, objectives[0])

@@ -232,25 +232,19 @@ class ProgressCallback(Callback):
         return " | ".join(parts)
 
     def _front_and_best(self) -> str:
-        from results.choice import choose
-        from results.config_stats import config_means, noise_estimate
         from results.frame import trials_frame
-        from results.pareto import pareto_front
+        from results.model import search_results
 
         records = self.searcher.ledger.ordered_records()
         if not records:
             return "front 0"
-        raw = trials_frame(records)
-        df = config_means(raw, self.objectives)
-        text = f"front {len(pareto_front(df, self.objectives))}"
-        if self.replicates:
-            sd, dof = noise_estimate(raw, self.objectives[0])
-            text += f" | noise sd {sd:.4g} ({dof} dof)" if dof else ""
-        try:
-            best = choose(raw, self.objectives, self.select, df).best  # what the search would answer now
-        except ValueError:  # nothing completed yet, or nothing meets the --select rule yet
+        results = search_results(trials_frame(records), self.objectives, self.select)  # as the final answer reads it
+        text = f"front {len(results.front)}"
+        if self.replicates and results.noise_dof:
+            text += f" | noise sd {results.noise_sd:.4g} ({results.noise_dof} dof)"
+        if results.choice is None:  # nothing completed yet, or nothing meets the --select rule yet
             return text
-        score = self.objectives[0]
+        best, score = results.choice.best, self.objectives[0]
         return (f"{text} | best {best['trial_id']} {score} {float(best[score]):.4f} "
                 f"@ {float(best['gflops']):.3f} GFLOPs")
 

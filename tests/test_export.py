@@ -12,6 +12,7 @@ from results.choice import better_than_plain, choose
 from results.config_stats import config_means
 from results.export import export_best, mmpretrain_config, mmpretrain_limits, write_best_config
 from results.frame import trials_frame
+from results.model import search_results
 from space import ArchConfig, SearchSpace, StageConfig, build_model
 
 
@@ -97,9 +98,8 @@ def _replicated(accs: dict[int, list[float]]) -> pd.DataFrame:
 
 def test_export_best_writes_all_files_with_gains_as_paired_intervals(tmp_path):
     df = _replicated({0: [0.80, 0.81, 0.79], 1: [0.84, 0.81, 0.86], 2: [0.85, 0.86, 0.84]})
-    means = config_means(df, ["accuracy", "gflops"])
-    choice = choose(df, ["accuracy", "gflops"], "max-accuracy", means)
-    files = export_best(tmp_path, choice, df, means, ["accuracy", "gflops"], "max-accuracy", num_classes=10)
+    results = search_results(df, ["accuracy", "gflops"], "max-accuracy")
+    files = export_best(tmp_path, results, num_classes=10)
     assert all(p.exists() for p in files.values())
     md = (tmp_path / "best_config.md").read_text()
     # seed by seed the sample beats the plain backbone by exactly 5 points: interval 0, "better"
@@ -132,10 +132,9 @@ def _latency_search(tmp_path, accs: dict[int, list[float]], latency: dict[str, f
     df = _replicated(accs)
     df["latency_ms"] = df["trial_id"].str[:2].map(latency)
     objectives = ["accuracy", "latency_ms"]
-    means = config_means(df, objectives)
-    choice = choose(df, objectives, rule, means)
-    export_best(tmp_path, choice, df, means, objectives, rule, num_classes=10)
-    return choice, (tmp_path / "best_config.md").read_text()
+    results = search_results(df, objectives, rule)
+    export_best(tmp_path, results, num_classes=10)
+    return results.choice, (tmp_path / "best_config.md").read_text()
 
 
 def test_a_latency_search_reports_the_latency_beside_the_flops(tmp_path):
@@ -187,7 +186,7 @@ def test_a_knee_tie_is_said_and_every_replicated_config_is_compared_with_the_pla
     assert better_than_plain(choice, "accuracy") == (
         "Distinguishably better than the plain backbone (paired, 95 % interval): the paper default (SCSA "
         "everywhere), t1: +3.00 ± 0.00 accuracy points at +0.55 % FLOPs; the rule did not choose any of them.")
-    export_best(tmp_path, choice, df, means, objectives, "knee", num_classes=10)
+    export_best(tmp_path, search_results(df, objectives, "knee"), num_classes=10)
     md = (tmp_path / "best_config.md").read_text()
     assert "## The replicated configs against the plain backbone" in md
     assert "| plain backbone, t0 **chosen** | 80.00 ± 2.48 % (3 seeds) | +0.00 % | — | same config | yes |" in md
