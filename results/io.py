@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "disk_full"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "disk_full", "error_chain"]
 
 
 @contextlib.contextmanager
@@ -85,16 +85,22 @@ def _chmod_like_default(path: Path) -> None:
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def disk_full(error: BaseException) -> str | None:
-    """If ``error`` (or an error in its chain of causes) says the disk or quota is full, the path it names (``""``
-    when it names none); otherwise ``None``. SQLite says so in its own words (``database or disk is full``)."""
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then what caused it (``__cause__``, else ``__context__``, else SQLAlchemy's ``orig``), each once."""
     seen: set[int] = set()
     e: BaseException | None = error
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__ or getattr(e, "orig", None)
+
+
+def disk_full(error: BaseException) -> str | None:
+    """If ``error`` (or an error in its chain of causes) says the disk or quota is full, the path it names (``""``
+    when it names none); otherwise ``None``. SQLite says so in its own words (``database or disk is full``)."""
+    for e in error_chain(error):
         if isinstance(e, OSError) and e.errno in _FULL:
             return str(e.filename or "")
         if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
             return ""
-        e = e.__cause__ or e.__context__ or getattr(e, "orig", None)
     return None

@@ -20,7 +20,7 @@ from typing import Any
 from evaluators.cli import UsageError, check_creatable
 from results.schema import SEARCH_FILES
 
-from .settings import DEFAULT_OBJECTIVES, SEARCH_DEFINING, SearchSettings, objective_columns
+from .settings import DEFAULT_OBJECTIVES, SEARCH_DEFINING, SearchSettings, kept_fidelity, objective_columns
 
 __all__ = ["DEFAULTS", "UsageError", "default_out", "validate"]
 
@@ -153,7 +153,7 @@ def _search(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str
         replicates=int(values["replicates"]),
         population_size=values.get("population_size"),  # None: SearchSettings resolves it from the budget
         num_classes=info.num_classes, epochs=fid.epochs,
-        fidelity={k: v for k, v in fid.to_dict().items() if k != "threads"},  # threads are per trial
+        fidelity=kept_fidelity(fid),
     )
 
 

@@ -135,9 +135,6 @@ class ParetoOptunaSearch(RecordingSearcher):
         state["_asked"] = {}
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
     @property
     def study(self) -> optuna.Study:
         """The Optuna study (opened again from its storage in a copy made by pickling)."""

@@ -94,14 +94,10 @@ def lost_worker(error: BaseException) -> BaseException | None:
     gone), or None for any other error."""
     from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        if isinstance(e, (OutOfMemoryError, RayActorError, WorkerCrashedError, NodeDiedError)):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+    from results.io import error_chain
+
+    lost = (OutOfMemoryError, RayActorError, WorkerCrashedError, NodeDiedError)
+    return next((e for e in error_chain(error) if isinstance(e, lost)), None)
 
 
 class _WorkerLost(Exception):

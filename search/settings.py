@@ -32,6 +32,7 @@ __all__ = [
     "SearchSettings",
     "TrialSettings",
     "default_population",
+    "kept_fidelity",
     "objective_columns",
     "objective_modes",
 ]
@@ -92,6 +93,12 @@ def objective_columns(text: str, score: str = "accuracy") -> list[str]:
         raise ValueError(f"--objectives must hold one proxy score ({SCORE} or one of {', '.join(SCORES)}) and at "
                          f"least one cost (gflops, params, latency), got {text!r}")
     return quality + costs
+
+
+def kept_fidelity(fid: Any) -> dict[str, Any]:
+    """A proxy preset (:class:`~evaluators.fidelity.Fidelity`) as a search keeps it in ``search.json``: every
+    setting but ``threads``, which is per trial (``--cpus-per-trial``)."""
+    return {k: v for k, v in fid.to_dict().items() if k != "threads"}
 
 
 def default_population(budget: int) -> int:
@@ -168,7 +175,7 @@ class SearchSettings:
             if self.objectives is None:
                 self.objectives = objective_columns(DEFAULT_OBJECTIVES, fid.score)
             if self.fidelity is None:
-                self.fidelity = {k: v for k, v in fid.to_dict().items() if k != "threads"}  # threads are per trial
+                self.fidelity = kept_fidelity(fid)
                 self.epochs = fid.epochs
         if self.population_size is None:
             self.population_size = default_population(self.budget)
