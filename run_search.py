@@ -16,7 +16,7 @@ import sys
 
 from evaluators.cli import Parser, UsageError, integer, non_negative_int, positive_float, positive_int
 from evaluators.data import DATASETS
-from evaluators.fidelity import PRESETS
+from evaluators.fidelity import PRESETS, VERIFY_FORMS
 from search.configure import DEFAULTS, validate
 from search.settings import default_population
 
@@ -89,10 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPUs per trial, fractions allowed (default 1 where CUDA is available, else 0)")
     run.add_argument("--retries", type=non_negative_int, metavar="N",
                      help=f"retries of a failed trial (default {D['retries']})")
+    run.add_argument("--verify", metavar="FIDELITY",
+                     help="once the budget's trials are done, train the finalists (both references, then the front "
+                          "as --select ranks it, then the configs nearest it) again at this higher fidelity, "
+                          f"and choose on those numbers: {VERIFY_FORMS} (default {D['verify']})")
+    run.add_argument("--verify-seeds", type=positive_int("paired seeds"), metavar="K",
+                     help=f"paired seeds each finalist is verified with, the same for all (default "
+                          f"{D['verify_seeds']})")
     run.add_argument("--replicates", type=non_negative_int, metavar="K",
-                     help="once the budget's trials are done, train the finalists (front, configs within the noise "
-                          f"band, both references) K more times with further seeds; 0: off (default "
-                          f"{D['replicates']})")
+                     help="train the finalists K more times at the proxy's own fidelity, with further seeds, "
+                          f"before verification; 0: off (default {D['replicates']})")
     run.add_argument("--address", metavar="ADDR",
                      help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--storage", metavar="PATH", help="Ray experiment storage, shared by all nodes on a cluster "

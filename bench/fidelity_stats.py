@@ -19,6 +19,38 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
     return x.rank().corr(y.rank())
 
 
+def bootstrap_spearman(draws: list[pd.Series] | pd.Series, y: pd.Series, reps: int = 2000, seed: int = 0,
+                       confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """The mean Spearman of each of ``draws`` (series over configs) with ``y``, on the configs all share, its
+    percentile bootstrap interval over configs (the same resample of configs for every draw; a resample with fewer
+    than 3 distinct configs is skipped), and the number of configs."""
+    import numpy as np
+
+    draws = [draws] if isinstance(draws, pd.Series) else list(draws)
+    common = y.dropna().index
+    for d in draws:
+        common = common.intersection(d.dropna().index)
+    xs = [d[common].to_numpy(dtype=float) for d in draws]
+    b = y[common].to_numpy(dtype=float)
+
+    def rho(pick) -> float:
+        return float(np.mean([spearman(pd.Series(a[pick]), pd.Series(b[pick])) for a in xs]))
+
+    point = rho(np.arange(len(b)))
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(reps):
+        pick = rng.integers(0, len(b), len(b))
+        if len(set(pick)) >= 3:
+            r = rho(pick)
+            if not math.isnan(r):
+                boot.append(r)
+    if not boot:
+        return point, math.nan, math.nan, len(b)
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return point, float(lo), float(hi), len(b)
+
+
 def kendall_tau_b(x: list[float], y: list[float]) -> float:
     """Kendall's tau-b (ties handled); written out because pandas needs SciPy for it, which is not required."""
     conc = disc = tx = ty = 0

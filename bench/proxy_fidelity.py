@@ -40,6 +40,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fidelity_stats import (  # noqa: E402
     ablation,
+    bootstrap_spearman,
     claim_precision,
     early_stopping_check,
     long_reference,
@@ -47,8 +48,9 @@ from fidelity_stats import (  # noqa: E402
     spearman,
 )
 
-from evaluators.proxy import PRESETS, Fidelity, fidelity  # noqa: E402
-from evaluators.scores import SCORES  # noqa: E402
+from evaluators.fidelity import scaled  # noqa: E402
+from evaluators.proxy import PRESETS, Fidelity, preset  # noqa: E402
+from evaluators.scores import SCORES, verification_score  # noqa: E402
 from results.noise import interval, pooled_sd  # noqa: E402
 from space import ArchConfig, SearchSpace, StageConfig  # noqa: E402
 
@@ -81,7 +83,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     # the adopted `default` preset, whatever it is now (its rows are labelled `default`): since the ablation, the
     # learning-rate variant (lr 1e-2, ranked by the training loss)
-    "default": Variant("lr, adopted", {k: v for k, v in fidelity("default", threads=1).to_dict().items()
+    "default": Variant("lr, adopted", {k: v for k, v in preset("default", threads=1).to_dict().items()
                                        if getattr(BASE, k) != v and k != "rung_sd"}),
     "base": Variant("(before)", {}),
     "val-2000": Variant("val images", {"train_images": 384, "val_images": 2000}),
@@ -98,6 +100,12 @@ VARIANTS: dict[str, Variant] = {
     "v250-lr1e-2": Variant("combined", {"train_images": 832, "val_images": 250, "lr": 1e-2}),
     "r40-v250-lr1e-2": Variant("combined", {"train_images": 1184, "val_images": 250, "resolution": 40, "lr": 1e-2}),
 }
+# Candidate verification fidelities (``--verify Nx``): the `default` preset with N times its training and
+# validation images, every other setting its own; the mean of 2 paired seeds is what a verified finalist gets.
+for _n in (3, 5, 10):
+    VARIANTS[f"default-x{_n}"] = Variant("verification", {
+        k: v for k, v in scaled(preset("default", threads=1), _n).to_dict().items()
+        if getattr(BASE, k) != v and k != "rung_sd"}, replicates=2)
 
 
 def builtin_configs() -> list[tuple[str, ArchConfig]]:
@@ -265,6 +273,88 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
     return "\n".join(lines)
 
 
+def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
+    """The ablation as one markdown table: per variant, its knob, draws and CPU seconds per trial (on the first
+    backbone), and per backbone the mean Spearman of a single trial with the long run for each score."""
+    scores = ("accuracy", "val_loss", "loss", "tse_ema")
+    tables = {}
+    for bb in backbones:
+        part = df[df.backbone == bb]
+        long, _ = long_reference(part)
+        if not long.empty:
+            tables[bb] = ablation(part, long, {n: (v.knob, v.replicates) for n, v in VARIANTS.items()
+                                               if n not in CANDIDATES})
+    if not tables:
+        return ""
+    first = next(iter(tables.values()))
+    head = "| variant | knob | draws | cpu-s |" + "".join(f" {bb}: {sc} |" for bb in tables for sc in scores)
+    lines = [head, "|---|---|---:|---:|" + "---:|" * (len(scores) * len(tables))]
+    for variant in dict.fromkeys(first.variant):
+        mine = first[first.variant == variant].iloc[0]
+        cells = []
+        for table in tables.values():
+            for sc in scores:
+                hit = table[(table.variant == variant) & (table.score == sc)]
+                cells.append(f"{hit.rho.iloc[0]:+.2f}" if len(hit) else "")
+        lines.append(f"| `{variant}` | {mine.knob} | {mine.draws} | {mine.cpu_s:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+#: The verification candidates, cheapest first.
+CANDIDATES = [v for v in VARIANTS if v.startswith("default-x")]
+
+
+def verification_table(df: pd.DataFrame, backbones: list[str]) -> tuple[pd.DataFrame, str]:
+    """Per backbone and fidelity: the Spearman of the mean of k paired seeds with the long run's 2-seed mean
+    accuracy (averaged over the disjoint draws of k seeds there are), its bootstrap 95 % interval over configs, and
+    CPU seconds per config (k seeds); for the proxy itself (k = 1 and 2, ranked by its score), each verification
+    candidate (k = 2: what a verified finalist gets; ranked by the verification's score, and by the proxy's for
+    comparison), and the long run against itself (seed 0 vs seed 1: the bar a candidate must reach). The rows and
+    a markdown table."""
+    score = PRESETS["default"].score
+    checked = verification_score(score)
+    rows = []
+    for bb in backbones:
+        part = df[df.backbone == bb]
+        long, _ = long_reference(part)
+        if long.empty:
+            continue
+        long_runs = part[part.kind == "long"]
+        by_seed = long_runs.pivot_table(index="config", columns="seed", values="accuracy")
+        if {0, 1} <= set(by_seed.columns):
+            rho, lo, hi, n = bootstrap_spearman(by_seed[0], by_seed[1])
+            rows.append({"backbone": bb, "fidelity": "long run, seed 0 vs seed 1 (the bar)", "score": "accuracy",
+                         "seeds": 1, "configs": n, "rho": rho, "lo": lo, "hi": hi, "cpu_s": long_runs.cpu_s.mean()})
+        runs_of = [("default", 1, score, "proxy (`default`), one seed"),
+                   ("default", 2, score, "proxy (`default`), mean of 2 seeds")]
+        for v in CANDIDATES:
+            label = f"`--verify {v.removeprefix('default-x')}x`, mean of 2 seeds"
+            runs_of += [(v, 2, checked, label), (v, 2, score, label)]
+        for variant, k, by, label in runs_of:
+            runs = part[(part.kind == "proxy") & (part.variant == variant)]
+            if runs.empty:
+                continue
+            table = runs.pivot_table(index="config", columns="seed", values=by)
+            seeds = sorted(table.columns)
+            draws = [signed(table[seeds[i:i + k]].mean(axis=1, skipna=False), by)
+                     for i in range(0, len(seeds) - k + 1, k)]
+            if not draws:  # not k seeds yet
+                continue
+            rho, lo, hi, n = bootstrap_spearman(draws, long)
+            if n < 4:
+                continue
+            rows.append({"backbone": bb, "fidelity": label, "score": by, "seeds": k, "configs": n, "rho": rho,
+                         "lo": lo, "hi": hi, "cpu_s": runs.cpu_s.mean() * k, "draws": len(draws)})
+    table = pd.DataFrame(rows)
+    md = ["| backbone | fidelity | ranked by | configs | draws | Spearman with the long run | 95 % bootstrap interval "
+          "over configs | CPU s per config |", "|---|---|---|---:|---:|---:|---|---:|"]
+    for r in table.itertuples():
+        draws = "" if pd.isna(getattr(r, "draws", math.nan)) else int(r.draws)
+        md.append(f"| {r.backbone} | {r.fidelity} | {r.score} | {r.configs} | {draws} | {r.rho:+.2f} | {r.lo:+.2f} "
+                  f".. {r.hi:+.2f} | {r.cpu_s:.0f} |")
+    return table, "\n".join(md) + "\n"
+
+
 def plot(df: pd.DataFrame, path: Path, backbones: list[str]) -> None:
     import matplotlib
 
@@ -345,7 +435,13 @@ def main() -> None:
         print(f"no runs yet in {out}; the committed rows are in docs/bench/proxy_fidelity.csv (--out)")
         return
     print(summarise(df, args.backbones))
-    plot(df, out.with_suffix(".png"), args.backbones)
+    for name, md in (("ablation", ablation_markdown(df, args.backbones)),
+                     ("verification", verification_table(df, args.backbones)[1])):
+        md_path = out.with_name(f"{out.stem}_{name}.md")
+        md_path.write_text(f"<!-- written by `python bench/proxy_fidelity.py --summary-only --out {out}` -->\n\n{md}")
+        print(f"\n{name} ({md_path}):\n{md}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    plot(df, OUT / f"{out.stem}.png", args.backbones)  # beside the working rows, never among the committed ones
 
 
 if __name__ == "__main__":

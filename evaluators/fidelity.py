@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .scores import SCORES
+from .scores import SCORES, verification_score
 
-__all__ = ["OPTIMIZERS", "PRESETS", "SCHEDULES", "STEMS", "Fidelity", "fidelity", "parse_overrides"]
+__all__ = ["DEFAULT_VERIFY", "OPTIMIZERS", "PRESETS", "SCHEDULES", "STEMS", "VERIFY_FORMS", "VERIFY_OFF", "Fidelity",
+           "describe_verify", "parse_overrides", "preset", "scaled", "verification"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -212,22 +213,31 @@ PRESETS: dict[str, Fidelity] = {
 }
 
 
-def fidelity(preset: str | Fidelity = "default", **overrides: Any) -> Fidelity:
+def preset(name: str | Fidelity = "default", **overrides: Any) -> Fidelity:
     """The named preset (or a given Fidelity), with ``overrides`` applied.
 
     Raises ``ValueError`` naming the unknown preset, the unknown setting(s) or the invalid value::
 
-        >>> fidelity("fast", epochs=5).epochs
+        >>> preset("fast", epochs=5).epochs
         5
     """
-    if isinstance(preset, Fidelity):
-        base = preset
-    elif isinstance(preset, str) and preset in PRESETS:
-        base = PRESETS[preset]
+    if isinstance(name, Fidelity):
+        base = name
+    elif isinstance(name, str) and name in PRESETS:
+        base = PRESETS[name]
     else:
-        raise ValueError(f"unknown proxy preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ValueError(f"unknown proxy preset {name!r}; choose one of {', '.join(PRESETS)}")
     return base.replace(**overrides) if overrides else base
 
+
+def scaled(base: Fidelity, factor: int) -> Fidelity:
+    """``base`` with ``factor`` times its training and validation images (a split used whole stays whole): the
+    same recipe, epochs and resolution, so the only change is how much it sees. ``ValueError`` unless ``factor`` is
+    a positive integer."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"fidelity scale {factor!r} must be a positive integer")
+    grow = {k: None if getattr(base, k) is None else getattr(base, k) * factor for k in ("train_images", "val_images")}
+    return base.replace(**grow)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -260,3 +270,39 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"{item!r}: {key} takes {kind.replace(' | None', ' or none')}") from None
         out[key] = value
     return out
+
+
+#: ``--verify``: no verification rung.
+VERIFY_OFF = "off"
+#: The verification fidelity a search uses unless told otherwise: the cheapest candidate of
+#: ``bench/proxy_fidelity.py`` that ranks configs against its long run as well as the long run ranks itself
+#: (docs/proxy.md#verification).
+DEFAULT_VERIFY = "3x"
+VERIFY_FORMS = f"{VERIFY_OFF}, Nx (N times the proxy's images, e.g. 3x) or a preset ({', '.join(PRESETS)})"
+
+
+def verification(proxy: Fidelity, spec: str) -> Fidelity | None:
+    """The fidelity the finalists are verified at: ``Nx`` (:func:`scaled`: ``N`` times the proxy's training and
+    validation images, N >= 2) or a preset name (its own recipe), ranked by
+    :func:`~evaluators.scores.verification_score` of the proxy's score; None for ``off``. ``ValueError`` naming
+    the valid forms."""
+    text = str(spec).strip().lower()
+    if text == VERIFY_OFF:
+        return None
+    if text.endswith("x") and text[:-1].isdigit():
+        factor = int(text[:-1])
+        if factor < 2:
+            raise ValueError(f"--verify {spec}: verifying at {factor}x the proxy's images is no higher fidelity; "
+                             f"give 2x or more")
+        return scaled(proxy, factor).replace(score=verification_score(proxy.score))
+    if text in PRESETS:
+        return PRESETS[text].replace(score=verification_score(proxy.score), threads=proxy.threads)
+    raise ValueError(f"--verify {spec!r} is not a fidelity; give {VERIFY_FORMS}")
+
+
+def describe_verify(spec: str) -> str:
+    """``"3x"`` -> ``"3x the proxy's images"``; ``"thorough"`` -> ``"the thorough preset"``; ``"off"`` -> ``"off"``."""
+    text = str(spec).strip().lower()
+    if text.endswith("x") and text[:-1].isdigit():
+        return f"{text} the proxy's images"
+    return text if text == VERIFY_OFF else f"the {text} preset"

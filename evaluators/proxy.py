@@ -12,7 +12,7 @@ no longer iterating::
 For full trainings (and to keep the trained weights) use :class:`ProxyRun`, which is the same loop with the
 model, the history and a test-split evaluation attached::
 
-    >>> full = fidelity("thorough", train_images=None, val_images=None, epochs=30, augment=True)
+    >>> full = preset("thorough", train_images=None, val_images=None, epochs=30, augment=True)
     >>> run = ProxyRun(ArchConfig.paper_default("resnet50"), fidelity=full, device="auto")  # doctest: +SKIP
     >>> history = run.run()                      # or: for r in run: ...
     >>> test = run.test()                        # official test split, at the proxy's resolution
@@ -50,7 +50,7 @@ from space.config import ArchConfig
 from .data import Split, load_splits
 from .device import resolve_device
 from .evaluate import EpochResult, EvalResult, TrainingDiverged, autocast, evaluate, to_device
-from .fidelity import OPTIMIZERS, PRESETS, SCHEDULES, STEMS, Fidelity, fidelity, parse_overrides
+from .fidelity import OPTIMIZERS, PRESETS, SCHEDULES, STEMS, Fidelity, parse_overrides, preset
 
 __all__ = [
     "OPTIMIZERS",
@@ -63,14 +63,14 @@ __all__ = [
     "ProxyRun",
     "TrainingDiverged",
     "evaluate",
-    "fidelity",
+    "preset",
     "parse_overrides",
     "train_proxy",
 ]
 
 #: TSE-EMA's discount per epoch (Ru et al.'s gamma); spread evenly over the epoch's steps.
 TSE_EMA_DECAY = 0.9
-_as_fidelity = fidelity  # for ProxyRun, whose ``fidelity`` parameter shadows the function
+_as_fidelity = preset  # a preset name or a Fidelity, for ProxyRun's ``fidelity`` parameter
 
 # --------------------------------------------------------------------------------------------------------------
 # Helpers

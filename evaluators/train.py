@@ -30,7 +30,7 @@ from space import ArchConfig
 
 from .cli import Parser, UsageError, check_creatable, integer, positive_float, positive_int
 from .data import DATASETS
-from .proxy import EpochResult, Fidelity, ProxyRun, TrainingDiverged, fidelity
+from .proxy import EpochResult, Fidelity, ProxyRun, TrainingDiverged, preset
 
 __all__ = ["CHECKPOINT", "CheckpointError", "full_recipe", "main", "train_full"]
 
@@ -43,7 +43,7 @@ class CheckpointError(ValueError):
 
 def full_recipe(epochs: int, resolution: int = 64, batch_size: int = 64, lr: float = 2e-3) -> Fidelity:
     """The full-training :class:`Fidelity` for ``epochs`` epochs (see the module docstring)."""
-    return fidelity("default", train_images=None, val_images=None, resolution=resolution, epochs=epochs,
+    return preset("default", train_images=None, val_images=None, resolution=resolution, epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=0.05, warmup_epochs=min(5.0, max(0.2, 0.05 * epochs)),
                     label_smoothing=0.1, augment=True, channels_last=True, score="accuracy")
 

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from evaluators.data import DEFAULT_DATASET
-from results.export import NUM_CLASSES
+from results.manifest import read_manifest, render_settings
 from results.report import render
 from results.schema import MANIFEST, TRIALS_CSV, TRIALS_PARQUET
-from results.select import DEFAULT_RULE, parse_select_rule
+from results.select import SELECT_RULE_FORMS, parse_select_rule
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m results", description=__doc__)
     ap.add_argument("out", help="a search's --out directory")
-    ap.add_argument("--select", default=None, help="knee | max-accuracy | max-accuracy-under G | min-gflops-over A")
+    ap.add_argument("--select", default=None, help=f"{SELECT_RULE_FORMS} (default: the search's)")
     ap.add_argument("--objectives", default=None, help="default: those the search used")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -25,22 +23,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {out} holds no trials.csv: not a search directory (or no trial has finished yet)",
               file=sys.stderr)
         return 2
-    manifest = {}
-    if (out / MANIFEST).exists():
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    if not args.objectives and "objectives" not in manifest:
-        print(f"error: {out} holds no search.json to read the objectives from; give --objectives", file=sys.stderr)
+    try:
+        settings = render_settings(read_manifest(out))
+    except FileNotFoundError:
+        print(f"error: {out} holds no {MANIFEST} to read the search's settings from", file=sys.stderr)
         return 2
-    objectives = (args.objectives or ",".join(manifest["objectives"])).split(",")
-    select = args.select or manifest.get("select", DEFAULT_RULE)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    objectives = args.objectives.split(",") if args.objectives else settings.pop("objectives")
+    settings.pop("objectives", None)
+    select = args.select or settings.pop("select")
+    settings.pop("select", None)
     try:
         parse_select_rule(select)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    written = render(out, objectives, select, resolution=manifest.get("resolution", 224),
-                     dataset=manifest.get("dataset", DEFAULT_DATASET),
-                     num_classes=manifest.get("num_classes", NUM_CLASSES))
+    written = render(out, objectives, select, **settings)
     for name, value in written.items():
         if isinstance(value, Path):
             print(f"{name:>16}: {value}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from evaluators.data import DEFAULT_DATASET
-from results.choice import Choice, better_than_plain, format_gain
+from results.choice import REPLICATED, VERIFIED, Choice, better_than_plain, format_gain, placement
 from results.io import atomic_write_text
 from results.model import SearchResults
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
@@ -217,8 +217,8 @@ def best_config_markdown(
     dataset: str = DEFAULT_DATASET,
     num_classes: int = NUM_CLASSES,
 ) -> str:
-    """``best_config.md``: what was chosen, by which rule, its objectives (means over seeds, with intervals), and
-    how it compares with both references: paired gains with 95 % intervals and a verdict."""
+    """``best_config.md``: the answer first (one sentence, :attr:`results.choice.Choice.answer`), then the finalists
+    (the proxy's claim beside the verified result), then how the choice was made and how to take it away."""
     choice, means, objectives, rule = results.choice, results.means, results.objectives, results.rule
     if choice is None:
         raise ValueError(f"nothing was chosen: {results.reason}")
@@ -230,31 +230,36 @@ def best_config_markdown(
     # latency is measured only when it is an objective; then it is a column of its own
     latency = "latency_ms" in objectives
     base_ms = float(plain["latency_ms"].iloc[0]) if latency and len(plain) else math.nan
-    replicates = results.replicates
-    trials = len(results.trials) - replicates
+    replicates, verified = results.replicates, results.verification_runs
+    trials = len(results.trials) - replicates - verified
     sd, dof = results.noise_sd, results.noise_dof
     scale = 100.0 if quality == "accuracy" else 1.0
     unit = "points" if quality == "accuracy" else ""
-    lines = [f"# Chosen architecture ({rule})", "", f"`{arch.describe()}`", ""]
+    lines = ["# Recommendation", "", f"**{choice.answer}**", "",
+             f"`{arch.describe()}`, chosen by the `{rule}` rule on {_evidence_words(choice, results)}.", ""]
     if choice.note:
-        lines += [f"**{choice.note}**", ""]
+        lines += [choice.note, ""]
+    lines += _finalists_markdown(choice, results, base_gflops, base_ms)
     lines += [
-        f"Trial {best['trial_id']} of {trials} trials ({int((means['status'] == 'completed').sum())} completed), "
-        f"plus {replicates} replicate run(s) of the finalists. Objectives: {', '.join(objectives)}. "
-        f"`{quality}` is the {OBJECTIVE_LABELS.get(quality, quality)} on {dataset}; GFLOPs are counted at "
-        f"{resolution} px (one multiply-add = one FLOP).",
+        "", "## How it was found", "",
+        f"{trials} trials ({int((means['status'] == 'completed').sum())} configs completed), "
+        f"{replicates} replicate run(s) at the proxy's fidelity and {verified} verification run(s) at "
+        f"{results.fidelity}" + (f", ranked by {choice.score}" if verified else "") + f". Objectives: "
+        f"{', '.join(objectives)}. `{quality}` is the "
+        f"{OBJECTIVE_LABELS.get(quality, quality)} on {dataset}; GFLOPs are counted at {resolution} px (one "
+        "multiply-add = one FLOP).",
         "",
-        (f"Seed noise: the pooled within-config standard deviation of {quality} is "
+        (f"Seed noise at the proxy's fidelity: the pooled within-config standard deviation of {quality} is "
          f"{' '.join(filter(None, (_fmt(scale * sd, '.3g'), unit)))} ({dof} degrees of freedom, from the "
          "replicates)." if dof else
-         "Seed noise: not measured (no replicates; run with --replicates K): no difference below is "
-         "distinguishable from it."),
+         "Seed noise at the proxy's fidelity: not measured (no replicates): the proxy's single draws below "
+         "cannot be told apart from it."),
         "",
-        f"| | proxy {quality} (mean ± 95 % interval) | GFLOPs | FLOPs over plain | params (M) |"
+        f"| at the proxy's fidelity | {quality} (mean ± 95 % interval) | GFLOPs | FLOPs over plain | params (M) |"
         + (" latency (ms) | latency over plain |" if latency else ""),
         "|---|---:|---:|---:|---:|" + ("---:|---:|" if latency else ""),
     ]
-    rows = [("**chosen**", best)]
+    rows = [("**chosen**", results.chosen_on_proxy)]
     for name, label in REFERENCE_LABELS.items():
         ref = means[means["reference"] == name]
         rows.append((label, ref.iloc[0] if len(ref) else None))
@@ -270,11 +275,9 @@ def best_config_markdown(
         if word == "same config":
             continue
         ref = means[means["reference"] == name].iloc[0]
-        verdict_text = "not distinguishable at this fidelity" if word == "not distinguishable" else word
-        lines += ["", f"Against the {REFERENCE_LABELS[name]}: {format_gain(diff, quality)} (paired over "
-                      f"{diff.n} seed(s), 95 % interval): **{verdict_text}**; for "
-                      f"{_fmt(best['gflops'] - ref['gflops'], '+.4f')} GFLOPs."]
-    lines += _finalists_markdown(choice, quality, base_gflops, base_ms)
+        lines += ["", f"The chosen config against the {REFERENCE_LABELS[name]}, {_evidence_words(choice, results)}: "
+                      f"{format_gain(diff, choice.score)} (paired over {diff.n} seed(s), 95 % interval): **{word}**; "
+                      f"for {_fmt(best['gflops'] - ref['gflops'], '+.4f')} GFLOPs."]
     lines += [
         "",
         "Per stage:",
@@ -300,21 +303,38 @@ def best_config_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _finalists_markdown(choice: Choice, quality: str, base_gflops: float, base_ms: float) -> list[str]:
-    """The replicated configs against the plain backbone: a sentence and a table (nothing without replicates); a
-    latency column where the search measured latency (``base_ms`` not NaN: the front is then in latency)."""
+def _evidence_words(choice: Choice, results: SearchResults) -> str:
+    return {VERIFIED: f"the verification runs at {results.fidelity}",
+            REPLICATED: "the replicates at the proxy's fidelity"}.get(choice.evidence, "the proxy's single draws")
+
+
+def _finalists_markdown(choice: Choice, results: SearchResults, base_gflops: float, base_ms: float) -> list[str]:
+    """The configs of the evidence against the plain backbone: a sentence and one table (with verification, the
+    proxy's claim beside the verified result); a latency column where the search measured latency."""
     if len(choice.finalists) < 2:
         return []
+    quality, claimed = choice.score, choice.proxy_score
     chosen, latency = str(choice.best["trial_id"]), not math.isnan(base_ms)
-    lines = [
-        "", "## The replicated configs against the plain backbone", "",
-        "Every config trained with more than one seed, by GFLOPs. The difference from the plain backbone is paired "
-        "over the seeds both were trained with (mean ± 95 % interval); *front*: on the front of the replicated "
-        "configs' means.", "", better_than_plain(choice, quality), "",
-        f"| config | proxy {quality} (mean ± 95 % interval) | FLOPs over plain | "
-        + ("latency over plain | " if latency else "") + f"{quality} minus plain (paired) | verdict | front |",
-        "|---|---:|---:|---:|" + ("---:|" if latency else "") + "---|---|",
-    ]
+    verified = choice.evidence == VERIFIED
+    if verified:
+        intro = (f"Every finalist, by cost. *Proxy claim*: its {claimed} minus the plain backbone's at the proxy's "
+                 "fidelity (paired mean ± 95 % interval; one draw's difference, without an interval, where the proxy "
+                 f"trained it once). *Verified*: its {quality} minus the plain backbone's at {results.fidelity}, "
+                 "paired over the seeds both were verified with. *Held*: the same verdict against the plain "
+                 "backbone at both fidelities (a single draw's verdict is its sign). *Tied with best*: not "
+                 "distinguishable from the best verified mean.")
+        head = ("| config | attention | FLOPs over plain | " + ("latency over plain | " if latency else "")
+                + "proxy claim | verified | verdict | held | tied with best |")
+        rule = "|---|---|---:|" + ("---:|" if latency else "") + "---:|---:|---|---|---|"
+    else:
+        intro = (f"Every config trained with {'more than one seed' if choice.evidence == REPLICATED else 'a seed'}, "
+                 f"by cost, against the plain backbone: its {quality} minus the plain backbone's, paired over the "
+                 "seeds both were trained with (mean ± 95 % interval); *front*: on the front of these configs' means.")
+        head = (f"| config | {quality} (mean ± 95 % interval) | FLOPs over plain | "
+                + ("latency over plain | " if latency else "") + f"{quality} minus plain (paired) | verdict | front |")
+        rule = "|---|---:|---:|" + ("---:|" if latency else "") + "---:|---|---|"
+    lines = ["", "## The finalists against the plain backbone", "", intro, "",
+             better_than_plain(choice), "", head, rule]
     for f in choice.finalists:
         ref = str(f.row.get("reference", "") or "")
         name = (f"{REFERENCE_LABELS[ref]}, " if ref in REFERENCE_LABELS else "") + str(f.row["trial_id"])
@@ -322,8 +342,15 @@ def _finalists_markdown(choice: Choice, quality: str, base_gflops: float, base_m
         diff = "—" if f.verdict == "same config" else format_gain(f.gain, quality)
         over = _fmt(100 * (float(f.row["gflops"]) / base_gflops - 1), "+.2f")
         ms = f" {_fmt(100 * (float(f.row['latency_ms']) / base_ms - 1), '+.1f')} % |" if latency else ""
-        lines.append(f"| {name} | {_quality(f.row, quality)} | {over} % |{ms} {diff} | {f.verdict} | "
-                     f"{'yes' if f.on_front else ''} |")
+        if verified:
+            claim = "—" if f.claim is None or f.verdict == "same config" else \
+                format_gain(f.claim, claimed) + ("" if f.claim.n > 1 else " (one draw)")
+            held = "" if f.held is None else ("yes" if f.held else "**no**")
+            lines.append(f"| {name} | {placement(f.row)} | {over} % |{ms} {claim} | {diff} | {f.verdict} | {held} | "
+                         f"{'yes' if f.tied_best else ''} |")
+        else:
+            lines.append(f"| {name} | {_quality(f.row, quality)} | {over} % |{ms} {diff} | {f.verdict} | "
+                         f"{'yes' if f.on_front else ''} |")
     return lines
 
 

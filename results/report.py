@@ -108,6 +108,8 @@ def finalize(
     resolution: int = 224,
     dataset: str = DEFAULT_DATASET,
     num_classes: int = NUM_CLASSES,
+    fidelity: str = "the verification fidelity",
+    verify_score: str | None = None,
 ) -> dict[str, object]:
     """Frames, plots and the export of the chosen architecture. Returns the paths written and the chosen row
     (``best`` is ``None`` with a ``reason`` when no completed trial satisfies ``select``). Fronts, plots and the
@@ -116,14 +118,15 @@ def finalize(
     df = records if isinstance(records, pd.DataFrame) else trials_frame(list(records))
     if not isinstance(records, pd.DataFrame):
         write_trials(df, out)
-    results = search_results(df, objectives, select)  # computed once; everything below reads it
+    results = search_results(df, objectives, select, fidelity, verify_score)  # once; everything below reads it
     means, choice = results.means, results.choice
     write_front(results.front, out)
     written: dict[str, object] = {TRIALS_CSV: out / TRIALS_CSV, PARETO_CSV: out / PARETO_CSV}
     if choice is None:
         written["reason"] = results.reason
     best = choice.best if choice is not None else None
-    written[PARETO_PNG] = plot_pareto(means, out / PARETO_PNG, objectives, best, resolution=resolution,
+    written[PARETO_PNG] = plot_pareto(means, out / PARETO_PNG, objectives, results.chosen_on_proxy,
+                                      resolution=resolution,
                                         best_label=f"chosen ({select})")
     hypervolumes = _hypervolumes(out, means, objectives)
     if hypervolumes is not None:
@@ -137,7 +140,8 @@ def finalize(
         written.update(export_best(out, results, resolution=resolution, dataset=dataset, num_classes=num_classes))
         _append_cost_spread(out, Path(written[BEST_MD]))
         written["note"] = choice.note
-        written["better_than_plain"] = better_than_plain(choice, objectives[0])
+        written["answer"] = choice.answer
+        written["better_than_plain"] = better_than_plain(choice)
     written["best"] = best
     return written
 

@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "PHASE",
+    "PHASES",
+    "REPLICATE",
     "REPLICATE_OF",
+    "SEARCH",
+    "VERIFY",
     "SEEDS",
     "TrialRecord",
     "curve_key",
@@ -74,7 +79,7 @@ STATUSES: tuple[str, ...] = (COMPLETED, STOPPED, FAILED)
 
 # Leading columns, in the order a reader scans them: who, how it ended, the objectives, how far it got, why it failed.
 TEXT_COLUMNS = ("trial_id", "status", "reference", "error")
-FLOAT_COLUMNS = ("accuracy", "gflops", "latency_ms", "fidelity", "epochs_done", "time_s")
+FLOAT_COLUMNS = ("accuracy", "gflops", "latency_ms", "trained_share", "epochs_done", "time_s")
 CORE_COLUMNS: tuple[str, ...] = (
     "trial_id",
     "number",
@@ -84,7 +89,7 @@ CORE_COLUMNS: tuple[str, ...] = (
     "gflops",
     "params",
     "latency_ms",
-    "fidelity",
+    "trained_share",
     "epochs_done",
     "time_s",
     "error",
@@ -93,6 +98,13 @@ CORE_COLUMNS: tuple[str, ...] = (
 CONFIG_JSON = "config_json"
 #: Column of a replicate row: the trial id of the config's first trial ("" on the first trial itself).
 REPLICATE_OF = "replicate_of"
+#: Column of a row: which phase of the search trained it. SEARCH: the budget's trials (at the proxy's fidelity);
+#: REPLICATE: a finalist again at the proxy's fidelity with a further seed; VERIFY: a finalist at the verification
+#: fidelity (``--verify``), one of the paired seeds every finalist gets. Rows without the column are SEARCH or,
+#: naming a trial in REPLICATE_OF, REPLICATE.
+PHASE = "phase"
+SEARCH, REPLICATE, VERIFY = "search", "replicate", "verify"
+PHASES: tuple[str, ...] = (SEARCH, REPLICATE, VERIFY)
 #: Column of the per-config frame: completed seeds behind the means.
 SEEDS = "seeds"
 
@@ -123,19 +135,22 @@ class TrialRecord:
     gflops: float | None = None
     params: float | None = None
     latency_ms: float | None = None
-    fidelity: float | None = None  # the share of the proxy schedule the trial trained (epoch / epochs)
+    trained_share: float | None = None  # the share of its schedule the trial trained (epoch / epochs)
     epochs_done: int = 0
     time_s: float | None = None
     error: str = ""
     optuna_number: int | None = None
     seed: int | None = None
     replicate_of: str = ""
+    phase: str = SEARCH
     curve_objective: str = ""
     curve: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase {self.phase!r} is not one of {', '.join(PHASES)}")
 
     def as_row(self) -> dict[str, Any]:
         """The record as the ledger keeps it and ``trials_frame`` reads it (columns absent where they do not
@@ -149,13 +164,14 @@ class TrialRecord:
             "gflops": self.gflops,
             "params": self.params,
             "latency_ms": self.latency_ms,
-            "fidelity": self.fidelity,
+            "trained_share": self.trained_share,
             "epochs_done": self.epochs_done,
             "time_s": self.time_s,
             "error": self.error,
             "config": dict(self.config),
             "optuna_number": self.optuna_number,
             "seed": self.seed,
+            PHASE: self.phase,
         }
         if self.replicate_of:
             row[REPLICATE_OF] = self.replicate_of

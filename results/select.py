@@ -1,10 +1,22 @@
-"""The rule that picks one architecture from the front: ``--select knee | max-accuracy | max-accuracy-under G |
-min-gflops-over A``.
+"""The rules that pick one architecture: ``--select verified | knee | best | best-under C | cheapest-over Q``.
+
+Every rule is written for the search's objectives, whatever they are: the *score* is the first objective (a loss
+or an accuracy; better is lower or higher by ``results.pareto.OBJECTIVE_DIRECTIONS``) and the *cost* the second
+(GFLOPs by default, or latency or parameters).
+
+- ``verified`` (the default): the choice of ``results.choice``, on paired seeds at the verification fidelity;
+  given only the per-config means, as here, it is ``best``.
+- ``knee``: the knee of the front (:func:`knee_point`).
+- ``best``: the best score; ``best-under C``: the best score at a cost of at most ``C``; ``cheapest-over Q``: the
+  cheapest config whose score is at least as good as ``Q`` (an accuracy may be given in percent).
+
+``max-accuracy``, ``max-accuracy-under G`` and ``min-gflops-over A``, the names from when the score was always
+accuracy and the cost GFLOPs, are read as ``best``, ``best-under`` and ``cheapest-over``.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"status": ["completed"] * 3, "accuracy": [0.90, 0.92, 0.91],
     ...                    "gflops": [4.0, 4.5, 5.0], "reference": ["baseline", "", ""]})
-    >>> select_best(df, ["accuracy", "gflops"], "max-accuracy-under:4.2").name
+    >>> select_best(df, ["accuracy", "gflops"], "best-under:4.2").name
     0
 """
 
@@ -19,16 +31,18 @@ import pandas as pd
 
 from results.pareto import DEFAULT_OBJECTIVES, OBJECTIVE_DIRECTIONS, completed_rows, pareto_front, to_loss
 
-__all__ = ["DEFAULT_RULE", "SELECT_RULES", "SELECT_RULE_FORMS", "knee_front", "knee_point", "parse_select_rule",
-           "select_best"]
+__all__ = ["DEFAULT_RULE", "RULE_ALIASES", "SELECT_RULES", "SELECT_RULE_FORMS", "VERIFIED_RULE", "knee_front",
+           "knee_point", "parse_select_rule", "select_best"]
 
-SELECT_RULES: tuple[str, ...] = ("knee", "max-accuracy", "max-accuracy-under", "min-gflops-over")
-DEFAULT_RULE = "knee"  # what a search selects by unless told otherwise
+VERIFIED_RULE = "verified"
+SELECT_RULES: tuple[str, ...] = (VERIFIED_RULE, "knee", "best", "best-under", "cheapest-over")
+#: Older names, read as the rules they became.
+RULE_ALIASES = {"max-accuracy": "best", "max-accuracy-under": "best-under", "min-gflops-over": "cheapest-over"}
+DEFAULT_RULE = VERIFIED_RULE  # what a search selects by unless told otherwise
 SELECT_RULE_FORMS = (
-    "knee | max-accuracy | max-accuracy-under:G (GFLOPs, e.g. max-accuracy-under:4.5) | "
-    "min-gflops-over:A (accuracy in [0,1] or percent, e.g. min-gflops-over:0.9)"
+    "verified | knee | best | best-under:C (at most C in the first cost, e.g. best-under:4.5 GFLOPs) | "
+    "cheapest-over:Q (a score at least as good as Q, e.g. cheapest-over:0.9 accuracy or cheapest-over:1.2 loss)"
 )
-
 
 
 def knee_point(front_df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> Hashable:
@@ -88,15 +102,14 @@ def knee_front(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
 
 
 def parse_select_rule(text: str) -> tuple[str, float | None]:
-    """Parse a selection rule: ``knee``, ``max-accuracy``, ``max-accuracy-under G``, ``min-gflops-over A``.
+    """Parse a selection rule (see the module docstring) into its name and threshold.
 
-    The threshold may follow a space, ``:`` or ``=``. For ``min-gflops-over`` an accuracy above 1 is read as a
-    percentage and returned as a fraction (``90`` -> ``0.9``). Raises ``ValueError`` with the valid forms.
+    The threshold may follow a space, ``:`` or ``=``. Raises ``ValueError`` with the valid forms.
 
     >>> parse_select_rule("max-accuracy-under:4.5")
-    ('max-accuracy-under', 4.5)
-    >>> parse_select_rule("min-gflops-over 92.5")
-    ('min-gflops-over', 0.925)
+    ('best-under', 4.5)
+    >>> parse_select_rule("cheapest-over 92.5")
+    ('cheapest-over', 92.5)
     """
 
     def fail(why: str) -> ValueError:
@@ -108,9 +121,10 @@ def parse_select_rule(text: str) -> tuple[str, float | None]:
     if match is None:
         raise fail("unrecognised")
     name, arg = match.group(1), match.group(2)
+    name = RULE_ALIASES.get(name, name)
     if name not in SELECT_RULES:
         raise fail(f"unknown rule {name!r}")
-    if name in ("knee", "max-accuracy"):
+    if name in (VERIFIED_RULE, "knee", "best"):
         if arg is not None:
             raise fail(f"{name} takes no value")
         return name, None
@@ -122,35 +136,35 @@ def parse_select_rule(text: str) -> tuple[str, float | None]:
         raise fail(f"{arg!r} is not a number") from None
     if not math.isfinite(value):
         raise fail(f"{arg!r} is not a finite number")
-    if name == "max-accuracy-under":
-        if value <= 0:
-            raise fail("the GFLOPs bound must be positive")
-        return name, value
-    if value > 1.0:
-        value /= 100.0
-    if not 0.0 <= value <= 1.0:
-        raise fail("the accuracy must be in [0, 1] or a percentage in (1, 100]")
+    if name == "best-under" and value <= 0:
+        raise fail("the cost bound must be positive")
     return name, value
+
+
+def _score_bound(value: float, score: str) -> float:
+    """A ``cheapest-over`` threshold in the score's units: an accuracy above 1 is a percentage."""
+    if score == "accuracy":
+        value = value / 100.0 if value > 1.0 else value
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"cheapest-over: an accuracy must be in [0, 1] or a percentage in (1, 100], got {value}")
+    return value
 
 
 def select_best(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES,
                 rule: str = DEFAULT_RULE) -> pd.Series:
-    """The completed row chosen by ``rule`` (see :func:`parse_select_rule`); its ``.name`` is the index label.
+    """The completed row chosen by ``rule`` (see the module docstring) from per-config rows; its ``.name`` is the
+    index label. ``verified`` reads as ``best`` here (the paired choice needs the seeds: ``results.choice``).
 
-    - ``knee``: :func:`knee_point` of the front under ``objectives``;
-    - ``max-accuracy``: highest accuracy;
-    - ``max-accuracy-under:G``: highest accuracy with ``gflops <= G``;
-    - ``min-gflops-over:A``: fewest GFLOPs with ``accuracy >= A``.
-
-    Accuracy ties go to fewer GFLOPs and GFLOPs ties to higher accuracy, then to the earlier trial. Raises
-    ``ValueError`` if the rule is invalid or no completed trial satisfies it.
+    Score ties go to the cheaper config and cost ties to the better score, then to the earlier trial. Raises
+    ``ValueError`` if the rule is invalid or no completed row satisfies it.
     """
     name, value = parse_select_rule(rule)
     objectives = list(objectives)
     if not df.index.is_unique:
         # The chosen row is reported by index label; with duplicate labels that would be ambiguous.
         raise ValueError("select_best needs a frame with a unique index (use df.reset_index(drop=True))")
-    needed = objectives if name == "knee" else ["accuracy", "gflops"]
+    score, cost = objectives[0], objectives[1] if len(objectives) > 1 else "gflops"
+    needed = objectives if name == "knee" else [score, cost]
     rows = completed_rows(df, needed)
     if rows.empty:
         raise ValueError(f"no completed trial with {', '.join(needed)} to select from (rule {rule!r})")
@@ -158,18 +172,23 @@ def select_best(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES
         front = knee_front(rows, objectives)
         return front.loc[knee_point(front, objectives)].copy()
 
-    acc = pd.to_numeric(rows["accuracy"], errors="coerce").to_numpy(dtype=float)
-    gflops = pd.to_numeric(rows["gflops"], errors="coerce").to_numpy(dtype=float)
-    if name == "max-accuracy-under":
+    sign = 1.0 if OBJECTIVE_DIRECTIONS.get(score, "maximize") == "maximize" else -1.0
+    good = sign * pd.to_numeric(rows[score], errors="coerce").to_numpy(dtype=float)  # larger is better
+    price = pd.to_numeric(rows[cost], errors="coerce").to_numpy(dtype=float)
+    if OBJECTIVE_DIRECTIONS.get(cost, "minimize") == "maximize":
+        price = -price
+    if name == "best-under":
         assert value is not None
-        keep = gflops <= value
+        keep = price <= value
         if not keep.any():
-            raise ValueError(f"no completed trial has gflops <= {value:g} (the cheapest has {gflops.min():.4g})")
-    elif name == "min-gflops-over":
+            raise ValueError(f"no completed trial has {cost} <= {value:g} (the cheapest has {price.min():.4g})")
+    elif name == "cheapest-over":
         assert value is not None
-        keep = acc >= value
+        bound = sign * _score_bound(value, score)
+        keep = good >= bound
         if not keep.any():
-            raise ValueError(f"no completed trial has accuracy >= {value:.4g} (the best has {acc.max():.4g})")
+            raise ValueError(f"no completed trial has {score} at least as good as {sign * bound:.4g} (the best has "
+                             f"{sign * good.max():.4g})")
     else:
         keep = np.ones(len(rows), dtype=bool)
     number = (
@@ -178,9 +197,9 @@ def select_best(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES
         else np.arange(len(rows), dtype=float)
     )
     # np.lexsort sorts by the last key first.
-    if name == "min-gflops-over":
-        order = np.lexsort((number, -acc, gflops))
+    if name == "cheapest-over":
+        order = np.lexsort((number, -good, price))
     else:
-        order = np.lexsort((number, gflops, -acc))
+        order = np.lexsort((number, price, -good))
     position = next(int(i) for i in order if keep[i])
     return rows.iloc[position].copy()

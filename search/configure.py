@@ -113,7 +113,7 @@ def _space(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str,
 def _search(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     """What the search is: budget, proxy (and its overrides), objectives, sampler, rule, data."""
     from evaluators.data import DatasetNotFoundError, check_dataset
-    from evaluators.proxy import fidelity, parse_overrides
+    from evaluators.proxy import parse_overrides, preset
     from results.select import parse_select_rule
 
     from .samplers import check_sampler
@@ -123,7 +123,7 @@ def _search(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str
     with _usage("--proxy-set: "):
         proxy_set = parse_overrides(args.proxy_set) if args.proxy_set else manifest.get("proxy_set")
     with _usage(f"--proxy{'-set' if proxy_set else ''}: "):
-        fid = fidelity(values["proxy"], **(proxy_set or {}))
+        fid = preset(values["proxy"], **(proxy_set or {}))
     with _usage():
         objectives = objective_columns(values["objectives"], fid.score)
         check_sampler(values["sampler"], len(objectives))
@@ -150,11 +150,21 @@ def _search(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str
         storage=values.get("storage") or None,  # made absolute where Ray needs it (SearchSettings.storage_path)
         early_stopping=bool(values["early_stopping"]), grace_period=int(values["grace_period"]),
         reduction_factor=int(values["reduction_factor"]), retries=int(values["retries"]),
-        replicates=int(values["replicates"]),
+        replicates=int(values["replicates"]), verify=str(values["verify"]).strip().lower(),
+        verify_seeds=int(values["verify_seeds"]), verify_fidelity=_verify_fidelity(values["verify"], fid),
         population_size=values.get("population_size"),  # None: SearchSettings resolves it from the budget
         num_classes=info.num_classes, epochs=fid.epochs,
         fidelity=kept_fidelity(fid),
     )
+
+
+def _verify_fidelity(spec: str, fid) -> dict[str, Any] | None:
+    """``--verify``'s fidelity as the search keeps it (None: off); ``UsageError`` for a spec that is none."""
+    from evaluators.fidelity import verification
+
+    with _usage():
+        checked = verification(fid, spec)
+    return None if checked is None else kept_fidelity(checked)
 
 
 def _total_memory_gib() -> int:
@@ -210,6 +220,8 @@ def _output(args: argparse.Namespace, out: Path, settings: dict[str, Any], manif
     """A resume must agree with the search it continues; a new search needs an empty ``--out``; both a writable one."""
     if args.resume:
         for key in SEARCH_DEFINING:
+            if key == "verify_fidelity":
+                continue  # follows from --verify and the preset, both checked here
             if key == "fidelity":
                 if manifest.get(key) and _differs(settings[key], manifest[key]):
                     changed = sorted(k for k in settings[key] if settings[key][k] != manifest[key].get(k))

@@ -33,7 +33,9 @@ from results.schema import (
     COMPLETED,
     FAILED,
     JOURNAL,
+    REPLICATE,
     REPLICATE_OF,
+    SEARCH,
     STOPPED,
     TRIALS_CSV,
     TRIALS_PARQUET,
@@ -64,8 +66,13 @@ class Launch:
     config: dict
     reference: str = ""
     optuna_number: int | None = None
-    replicate_of: str = ""  # a replicate: the trial id of the config's first trial
-    replicate: int = 0  # a replicate: 1, 2, ... (its seed follows from it)
+    replicate_of: str = ""  # a replicate or verification run: the trial id of the config's first trial
+    replicate: int = 0  # a replicate or verification run: 1, 2, ... (its seed follows from it and the phase)
+    phase: str = SEARCH  # results.schema.PHASES
+
+    def __post_init__(self) -> None:
+        if not self.phase:  # journals written before phases were recorded
+            self.phase = REPLICATE if self.replicate_of else SEARCH
 
     @property
     def key(self) -> str:
@@ -144,9 +151,11 @@ class Ledger:
         """What the budget counts: launched trials, replicates apart."""
         return sum(1 for launch in self.launches.values() if not launch.replicate_of)
 
-    def replicates_of(self, trial_id: str) -> dict[int, Launch]:
-        """Replicate index -> launch, of the config whose first trial is ``trial_id``."""
-        return {launch.replicate: launch for launch in self.launches.values() if launch.replicate_of == trial_id}
+    def replicates_of(self, trial_id: str, phase: str = REPLICATE) -> dict[int, Launch]:
+        """Replicate index -> launch of ``phase`` (replicates, or verification runs), of the config whose first
+        trial is ``trial_id``."""
+        return {launch.replicate: launch for launch in self.launches.values()
+                if launch.replicate_of == trial_id and launch.phase == phase}
 
     def next_number(self) -> int:
         return max((launch.number for launch in self.launches.values()), default=-1) + 1

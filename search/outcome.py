@@ -31,6 +31,7 @@ class SearchOutcome:
     replicate_counts: dict[str, int] = field(default_factory=dict)
     noise: str = ""
     note: str = ""  # why the choice differs from what the --select rule picked (results.choice)
+    answer: str = ""  # the one sentence a user can act on (results.choice.Choice.answer)
     better_than_plain: str = ""  # the replicated configs distinguishably better than the plain backbone
     written: dict[str, Any] = field(default_factory=dict)
     best: Any = None
@@ -47,7 +48,8 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
              else ""))
     r = outcome.replicate_counts
     if r and sum(r.values()):
-        print(f"{sum(r.values())} replicate run(s) of the finalists: completed {r['completed']}, failed "
+        print(f"{sum(r.values())} run(s) of the finalists (replicates and verification): completed "
+              f"{r['completed']}, failed "
               f"{r['failed']}" + (f", cut short {r['stopped']}" if r["stopped"] else ""))
     if outcome.noise:
         print(outcome.noise)
@@ -63,8 +65,10 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
     print(f"  {'study.db':<18} {out / 'study.db'}  (optuna-dashboard sqlite:///{out / 'study.db'})")
     best = outcome.best
     if best is not None:
+        if outcome.answer:
+            print(f"\n{outcome.answer}")
         seeds, score = int(best.get(SEEDS, 1) or 1), settings.objectives[0]
-        print(f"chosen by {settings.select}: {best['trial_id']} {score} {float(best[score]):.4f}"
+        print(f"  chosen by {settings.select}: {best['trial_id']} {score} {float(best[score]):.4f}"
               + (f" (mean of {seeds} seeds)" if seeds > 1 else "") + f", {float(best['gflops']):.3f} GFLOPs")
         if outcome.note:
             print(f"  {outcome.note}")
@@ -74,5 +78,6 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
             print(f"  {ArchConfig.from_dict(json.loads(best['config_json'])).describe()}")
         except Exception:  # the id and numbers above are what matter
             pass
+        print(f"  the finalists' table: {out / BEST_MD}")
     elif outcome.reason:
         print(f"no config chosen: {outcome.reason}")

@@ -149,7 +149,7 @@ class ProgressCallback(Callback):
     ) -> None:
         self.searcher = searcher
         self.stopper = stopper  # told of the searcher's fault, to end the search
-        self.replicates = replicates  # the replicate phase: counts replicates, not the budget's trials
+        self.replicates = replicates  # the finalists' phases: counts their runs, not the budget's trials
         self.total = total  # the budget
         self.session_trials = session_trials  # trials this session launches
         self.objectives = objectives
@@ -219,7 +219,7 @@ class ProgressCallback(Callback):
     def line(self) -> str:
         counts = self.searcher.ledger.counts(self.replicates)
         done = sum(counts.values()) if not self.replicates else self.finished_this_session
-        what = "replicates " if self.replicates else ""
+        what = "finalists " if self.replicates else ""
         parts = [f"[{what}{done:>{len(str(self.total))}}/{self.total}] completed {counts['completed']} · stopped "
                  f"{counts['stopped']} · failed {counts['failed']} · running {len(self.running)}"]
         parts.append(self._front_and_best())

@@ -1,7 +1,7 @@
 """The searchers' common ground: a Ray ``Searcher`` that keeps the search's book.
 
 Both searchers of a search, :class:`~search.optuna_search.ParetoOptunaSearch` (the budget's trials) and
-:class:`~search.replicate_phase.ReplicateSearch` (the finalists' further seeds), hand launches to Ray and end each
+:class:`~search.finalists.ReplicateSearch` (the finalists' further seeds), hand launches to Ray and end each
 trial's life in one place, :meth:`RecordingSearcher._close`: its record (:func:`build_record`) is written durably
 through the :class:`~search.ledger.Ledger`, then the subclass is told (:meth:`RecordingSearcher._after_record`;
 the Optuna searcher tells the study there). Every way a trial ends goes through it: Ray's ``on_trial_complete``
@@ -51,13 +51,14 @@ def build_record(
         gflops=result.get("gflops"),
         params=result.get("params"),
         latency_ms=result.get("latency_ms"),
-        fidelity=(epoch / epochs) if epoch is not None and epochs else (0.0 if status == FAILED else None),
+        trained_share=(epoch / epochs) if epoch is not None and epochs else (0.0 if status == FAILED else None),
         epochs_done=epoch if epoch is not None else 0,
         time_s=result.get("time_total_s"),
         error=error,
         optuna_number=launch.optuna_number,
         seed=result.get("seed"),
         replicate_of=launch.replicate_of,
+        phase=launch.phase,
         curve_objective=objective,
         curve=tuple(curve or ()),
     ).as_row()

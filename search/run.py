@@ -129,6 +129,7 @@ def run(settings: SearchSettings, echo=print) -> SearchOutcome:
 def _run_session(settings: SearchSettings, echo, deadline: float | None) -> SearchOutcome:
     from ray.tune.schedulers import FIFOScheduler
 
+    from evaluators.fidelity import describe_verify
     from results.report import finalize
 
     from .progress import SearchStopper
@@ -195,14 +196,17 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
             fit(searcher, scheduler, session_trials, settings.budget)
         if not (stopper.interrupted or stopper.timed_out):
             _replicate(settings, ledger, fit, echo)
+        if not (stopper.interrupted or stopper.timed_out or fit.worker_lost is not None):
+            _verify(settings, ledger, fit, echo)
     finally:
         fit.shutdown()
     if fit.worker_lost is not None:
         raise _WorkerLost(fit.worker_lost)
 
     written = finalize(out, ledger.ordered_records(), settings.objectives, settings.select,
-                       resolution=settings.resolution, dataset=settings.dataset, num_classes=settings.num_classes) \
-        if ledger.records else {}
+                       resolution=settings.resolution, dataset=settings.dataset, num_classes=settings.num_classes,
+                       fidelity=describe_verify(settings.verify),
+                       verify_score=(settings.verify_fidelity or {}).get("score")) if ledger.records else {}
     return SearchOutcome(
         out=out,
         launched_total=ledger.trials_launched(),
@@ -218,6 +222,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
         best=written.get("best"),
         reason=str(written.get("reason", "")),
         note=str(written.get("note", "")),
+        answer=str(written.get("answer", "")),
         better_than_plain=str(written.get("better_than_plain", "")),
     )
 
@@ -283,10 +288,8 @@ def noise_line(noise: dict[str, Any] | None) -> str:
 
 
 def _replicate(settings: SearchSettings, ledger: Ledger, fit: _Fitter, echo) -> None:
-    """The replicate phase (see :mod:`search.replicate_phase`): rounds until the finalists stop changing."""
-    from ray.tune.schedulers import FIFOScheduler
-
-    from .replicate_phase import ReplicateSearch, max_finalists, plan_replicates
+    """The replicate phase (see :mod:`search.finalists`): rounds until the finalists stop changing."""
+    from .finalists import max_finalists, plan_replicates
 
     # Each round launches at least one replicate that did not exist, and configs are finite: this ends.
     while True:
@@ -294,17 +297,45 @@ def _replicate(settings: SearchSettings, ledger: Ledger, fit: _Fitter, echo) -> 
         todo = plan_replicates(ledger, settings.objectives, settings.replicates, limit, settings.select)
         if not todo:
             break
-        configs = len({launch.replicate_of for launch in todo})
-        echo(f"replicates: {len(todo)} run(s) for {configs} finalist(s), {settings.replicates} more seed(s) each "
-             f"(at most {limit} finalists in all: the references, then the front as --select ranks it)")
-        fit(ReplicateSearch(ledger, todo, settings.objectives, settings.modes), FIFOScheduler(), len(todo),
-            len(todo), replicates=True)
+        _train_finalists(settings, ledger, fit, todo, echo, "replicates", f", {settings.replicates} more seed(s) "
+                         f"each (at most {limit} finalists in all: the references, then the front as --select ranks "
+                         "it)")
         if fit.stopper.interrupted or fit.stopper.timed_out or fit.worker_lost is not None:
             break
     noise = seed_noise(ledger, settings.objectives[0])
     if noise:
         settings.write_manifest(noise)
         echo(noise_line(noise))
+
+
+def _verify(settings: SearchSettings, ledger: Ledger, fit: _Fitter, echo) -> None:
+    """The verification rung (see :mod:`search.finalists`): the finalists at ``--verify``'s fidelity, paired seeds."""
+    from evaluators.fidelity import describe_verify
+
+    from .finalists import max_finalists, plan_verification
+
+    if not settings.verify_fidelity:
+        return
+    limit = max_finalists(settings.budget)
+    todo = plan_verification(ledger, settings.objectives, settings.verify_seeds, limit, settings.select)
+    if todo:
+        _train_finalists(settings, ledger, fit, todo, echo, "verifying",
+                         f" at {describe_verify(settings.verify)}, {settings.verify_seeds} paired seed(s) each (at "
+                         f"most {limit} finalists: the references, then the front as --select ranks it, then the "
+                         "configs nearest it)")
+
+
+def _train_finalists(settings: SearchSettings, ledger: Ledger, fit: _Fitter, todo: list, echo, what: str,
+                     how: str) -> None:
+    """Say what is trained again and train it: one Tuner over the launches ``todo``, no early stopping."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from .finalists import ReplicateSearch
+
+    configs = len({launch.replicate_of for launch in todo})
+    echo(f"{what}: {len(todo)} run(s) for {configs} finalist(s){how}")
+    fit(ReplicateSearch(ledger, todo, settings.objectives, settings.modes), FIFOScheduler(), len(todo), len(todo),
+        replicates=True)
 
 
 class _Fitter:

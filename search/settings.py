@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from evaluators.data import DEFAULT_DATASET
+from evaluators.fidelity import DEFAULT_VERIFY
 from results.io import atomic_write_text
+from results.manifest import MANIFEST_VERSION, read_manifest
 from results.schema import LATENCY_CACHE, MANIFEST, STUDY_DB
 from results.select import DEFAULT_RULE
 
@@ -38,7 +40,6 @@ __all__ = [
 ]
 
 STUDY_NAME = "scsa-search"
-MANIFEST_VERSION = 1
 
 # CLI cost name -> result / trials.csv column; directions come from results.pareto.OBJECTIVE_DIRECTIONS.
 COST_COLUMNS: dict[str, str] = {
@@ -67,6 +68,8 @@ SEARCH_DEFINING: tuple[str, ...] = (
     "population_size",
     "resolution",
     "fidelity",
+    "verify",
+    "verify_fidelity",
 )
 
 
@@ -127,6 +130,7 @@ class TrialSettings:
     resolution: int
     objectives: tuple[str, ...]
     latency_cache: str | None = None  # the latency cache directory the driver and every trial share
+    verify_fidelity: dict[str, Any] | None = None  # what a verification run trains with (without threads)
 
 
 @dataclass
@@ -157,26 +161,32 @@ class SearchSettings:
     grace_period: int = 1
     reduction_factor: int = 3
     retries: int = 0
-    replicates: int = 2  # further seeds of each finalist once the budget's trials are done (search/replicate_phase.py)
+    replicates: int = 0  # further seeds of each finalist at the proxy's fidelity (search/finalists.py)
+    verify: str = DEFAULT_VERIFY  # the finalists' fidelity: Nx the proxy's images, a preset, or off
+    verify_seeds: int = 2  # paired seeds each finalist is verified with
     population_size: int | None = None  # NSGA-II's; None: default_population(budget)
     resolution: int = 224  # of the cost objectives (GFLOPs, latency): ImageNet-size, comparable with papers
     num_classes: int = 10  # of the proxy dataset (for the exported configs)
     epochs: int = 1  # of the proxy preset (the scheduler's max_t)
     fidelity: dict | None = None  # the preset's settings when the search started (None: the preset's now)
+    verify_fidelity: dict | None = None  # --verify's settings when the search started (None: off, or not resolved)
     resume: bool = False
 
     def __post_init__(self) -> None:
         # Defaults that follow from other settings are resolved here, in one place, so that a search set up from
         # Python is the search the CLI runs with the same arguments.
-        if self.objectives is None or self.fidelity is None:
-            from evaluators.fidelity import fidelity
+        from evaluators.fidelity import Fidelity, preset, verification
 
-            fid = fidelity(self.proxy, **(self.proxy_set or {}))
+        if self.objectives is None or self.fidelity is None:
+            fid = preset(self.proxy, **(self.proxy_set or {}))
             if self.objectives is None:
                 self.objectives = objective_columns(DEFAULT_OBJECTIVES, fid.score)
             if self.fidelity is None:
                 self.fidelity = kept_fidelity(fid)
                 self.epochs = fid.epochs
+        if self.verify_fidelity is None:
+            checked = verification(Fidelity(**self.fidelity), self.verify)  # ValueError on a bad --verify
+            self.verify_fidelity = None if checked is None else kept_fidelity(checked)
         if self.population_size is None:
             self.population_size = default_population(self.budget)
 
@@ -202,7 +212,8 @@ class SearchSettings:
         return TrialSettings(dataset=self.dataset, data_dir=self.data_dir, fidelity=dict(self.fidelity or {}),
                              seed=self.seed, device=self.device, threads=self.cpus_per_trial,
                              resolution=self.resolution, objectives=tuple(self.objectives),
-                             latency_cache=self.latency_cache_dir())
+                             latency_cache=self.latency_cache_dir(),
+                             verify_fidelity=dict(self.verify_fidelity) if self.verify_fidelity else None)
 
     def latency_cache_dir(self) -> str | None:
         """Where the latencies of this search are cached, when latency is an objective: ``$SCSA_LATENCY_CACHE``
@@ -233,13 +244,4 @@ class SearchSettings:
     @staticmethod
     def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
         """The manifest of the search in ``out``; ``FileNotFoundError`` / ``ValueError`` if there is none usable."""
-        path = Path(out) / MANIFEST
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path} is unreadable ({e}); it does not describe a search that can be resumed") from None
-        if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"{path} is not a search manifest of this version ({MANIFEST_VERSION})")
-        return data
+        return read_manifest(out)

@@ -74,8 +74,8 @@ class TrialError(RuntimeError):
 
 def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Ray Tune function trainable. ``config``: what the searcher suggested (``arch``, ``trial_key``, ``number``,
-    ``reference``; ``replicate``; ``attempt``, set by the driver on a retry); ``settings``: the search's fixed
-    settings for trials (the fidelity, data, seed, device, threads, cost objectives)."""
+    ``reference``; ``replicate`` and ``phase``; ``attempt``, set by the driver on a retry); ``settings``: the
+    search's fixed settings for trials (the fidelities, data, seed, device, threads, cost objectives)."""
     try:
         _train(config, settings)
     except Exception as e:
@@ -138,9 +138,10 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
     from evaluators.flops import measure
     from evaluators.proxy import Fidelity, train_proxy
     from evaluators.scores import SCORES
+    from results.schema import VERIFY
     from space import ArchConfig
 
-    from .replicate_phase import replicate_seed
+    from .finalists import run_seed
 
     threads = int(settings.threads or 1)
     torch.set_num_threads(threads)
@@ -157,8 +158,11 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
         costs["latency_ms"] = latency_ratio(arch, resolution=settings.resolution, device=device, threads=threads,
                                             cache=cache_at(settings.latency_cache)).latency_ms
     attempt = int(config.get("attempt", 0))
-    seed = replicate_seed(int(settings.seed), int(config.get("replicate", 0)), attempt)
-    fid = Fidelity(**{**settings.fidelity, "threads": threads})
+    phase = config.get("phase", "")
+    seed = run_seed(int(settings.seed), int(config.get("replicate", 0)), attempt, phase)
+    # a verification run trains at --verify's fidelity; every other run at the proxy's
+    recipe = settings.verify_fidelity if phase == VERIFY and settings.verify_fidelity else settings.fidelity
+    fid = Fidelity(**{**recipe, "threads": threads})
     fault = _inject_fault(config["trial_key"], attempt)
     for ep in train_proxy(arch, settings.dataset, settings.data_dir, fid, seed, device):
         if fault:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import run_search
+from evaluators.scores import verification_score
 from search.configure import default_out
 from search.settings import SearchSettings
 from space import ArchConfig
@@ -154,7 +155,7 @@ def test_sampler_with_missing_dependency_says_what_to_install(capsys, out, monke
 
 
 def test_bad_select_rule(capsys, out):
-    _fails(capsys, [*BASE, "--select", "best", "--out", str(out)], "--select", "knee", out=out)
+    _fails(capsys, [*BASE, "--select", "fastest", "--out", str(out)], "--select", "knee", out=out)
 
 
 def test_bad_resources(capsys, out):
@@ -303,9 +304,35 @@ def test_a_search_set_up_in_python_is_the_search_the_cli_runs(out, proxy):
         ["--backbone", "resnet18", "--budget", "200", "--proxy", proxy, "--out", str(out)]))
     python = SearchSettings(backbone="resnet18", budget=200, out=str(out), proxy=proxy)
     defining = ("objectives", "sampler", "population_size", "fidelity", "epochs", "select", "seed", "dataset",
-                "early_stopping", "grace_period", "reduction_factor", "replicates", "resolution")
+                "early_stopping", "grace_period", "reduction_factor", "replicates", "resolution", "verify",
+                "verify_seeds", "verify_fidelity")
     assert {k: getattr(python, k) for k in defining} == {k: getattr(cli, k) for k in defining}
     assert python.objectives[1:] == ["gflops"] and python.population_size == 50
+
+
+def test_verify_takes_a_multiple_of_the_proxy_a_preset_or_off_and_refuses_the_rest(capsys, out, existing):
+    def settings(*extra: str):
+        return run_search.validate(run_search.build_parser().parse_args([*BASE, "--out", str(out), *extra]))
+
+    default = settings()
+    assert default.verify == "3x" and default.verify_seeds == 2 and default.replicates == 0
+    smoke = run_search.PRESETS["smoke"]
+    assert default.verify_fidelity["train_images"] == 3 * smoke.train_images
+    assert default.verify_fidelity["val_images"] == 3 * smoke.val_images
+    assert {k: v for k, v in default.verify_fidelity.items() if "images" not in k} == \
+        {k: v for k, v in default.fidelity.items() if "images" not in k}
+    assert default.for_trials().verify_fidelity == default.verify_fidelity
+    assert settings("--verify", "off").verify_fidelity is None
+    thorough = settings("--verify", "thorough", "--verify-seeds", "3")
+    assert thorough.verify_fidelity["resolution"] == 64 and thorough.verify_seeds == 3
+    assert thorough.verify_fidelity["score"] == verification_score(default.fidelity["score"])
+    _fails(capsys, [*BASE, "--out", str(out), "--verify", "1x"], "--verify 1x", "no higher fidelity", out=out)
+    _fails(capsys, [*BASE, "--out", str(out), "--verify", "twice"], "--verify 'twice' is not a fidelity",
+           "Nx (N times the proxy's images", out=out)
+    _fails(capsys, [*BASE, "--out", str(out), "--verify-seeds", "0"], "--verify-seeds", out=out)
+    # what verifies is fixed with the search: a resume that changes it is refused
+    _fails(capsys, ["--resume", "--out", str(existing), "--budget", "4", "--verify", "5x"], "--verify 5x conflicts",
+           out=existing)
 
 
 def test_proxy_set_overrides_the_preset_and_is_kept_for_resume(capsys, out, existing):

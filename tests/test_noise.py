@@ -1,5 +1,5 @@
 """results.noise (intervals, t quantiles, pooled sd, verdicts) and results.config_stats (per-config means of
-replicated trials, the noise estimate, paired gains, finalists), and the replicate plan of search.replicate_phase."""
+replicated trials, the noise estimate, paired gains, finalists), and the replicate plan of search.finalists."""
 
 from __future__ import annotations
 
@@ -119,6 +119,6 @@ def test_the_front_comes_in_the_order_the_selection_rule_prefers_it():
 
 
 def test_the_replicate_phase_is_bounded_by_a_share_of_the_budget():
-    from search.replicate_phase import MIN_FINALISTS, max_finalists
+    from search.finalists import MIN_FINALISTS, max_finalists
 
     assert max_finalists(200) == 6 and max_finalists(6) == MIN_FINALISTS

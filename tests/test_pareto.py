@@ -192,13 +192,18 @@ def test_knee_point_concave_or_3d_uses_closest_to_ideal() -> None:
     ("rule", "expected"),
     [
         ("knee", None),
+        ("best", 7),
+        ("verified", 7),  # from means alone, the verified rule is best (results.choice pairs the seeds)
+        ("best-under:4.2", 2),  # #2 and #6 tie; the earlier trial wins
+        ("best-under 4.05", 0),
+        ("cheapest-over:0.845", 1),
+        ("cheapest-over 84.5", 1),  # an accuracy in percent
+        ("cheapest-over:0.84", 2),
+        ("cheapest-over=0", 0),
+        # the older names read as the rules they became
         ("max-accuracy", 7),
-        ("max-accuracy-under:4.2", 2),  # #2 and #6 tie; the earlier trial wins
-        ("max-accuracy-under 4.05", 0),
-        ("min-gflops-over:0.845", 1),
-        ("min-gflops-over 84.5", 1),  # percent
-        ("min-gflops-over:0.84", 2),
-        ("min-gflops-over=0", 0),
+        ("max-accuracy-under:4.2", 2),
+        ("min-gflops-over 84.5", 1),
     ],
 )
 def test_select_best_rules(rule: str, expected: int | None) -> None:
@@ -213,29 +218,45 @@ def test_select_best_rules(rule: str, expected: int | None) -> None:
         assert row["number"] == expected
 
 
+def test_the_rules_are_written_for_a_loss_and_the_first_cost_objective() -> None:
+    df = pd.DataFrame({"status": ["completed"] * 4, "loss": [0.50, 0.40, 0.45, 0.40],
+                       "latency_ms": [10.0, 14.0, 12.0, 13.0], "gflops": [4.0, 3.0, 5.0, 6.0], "number": range(4)})
+    objectives = ["loss", "latency_ms"]
+    assert select_best(df, objectives, "best")["number"] == 3  # the lowest loss; of the tie, the lower latency
+    assert select_best(df, objectives, "best-under:12.5")["number"] == 2  # a bound in the first cost: latency
+    assert select_best(df, objectives, "cheapest-over:0.45")["number"] == 2  # a loss at most 0.45, least latency
+    with pytest.raises(ValueError, match=r"no completed trial has loss at least as good as 0.3"):
+        select_best(df, objectives, "cheapest-over:0.3")
+
+
 def test_select_best_errors() -> None:
     df = _frame()
     with pytest.raises(ValueError, match=r"no completed trial has gflops <= 3"):
-        select_best(df, ["accuracy", "gflops"], "max-accuracy-under:3")  # the stopped #3 would fit, but is stopped
-    with pytest.raises(ValueError, match=r"no completed trial has accuracy >= 0.9"):
-        select_best(df, ["accuracy", "gflops"], "min-gflops-over:90")
+        select_best(df, ["accuracy", "gflops"], "best-under:3")  # the stopped #3 would fit, but is stopped
+    with pytest.raises(ValueError, match=r"no completed trial has accuracy at least as good as 0.9"):
+        select_best(df, ["accuracy", "gflops"], "cheapest-over:90")
+    with pytest.raises(ValueError, match=r"an accuracy must be in \[0, 1\] or a percentage"):
+        select_best(df, ["accuracy", "gflops"], "cheapest-over:150")
     with pytest.raises(ValueError, match="no completed trial"):
         select_best(df[df["status"] != "completed"], ["accuracy", "gflops"], "knee")
     with pytest.raises(ValueError, match="valid forms"):
-        select_best(df, ["accuracy", "gflops"], "best")
+        select_best(df, ["accuracy", "gflops"], "fastest")
     with pytest.raises(ValueError, match="unique index"):
-        select_best(pd.concat([df, df]), ["accuracy", "gflops"], "max-accuracy")
+        select_best(pd.concat([df, df]), ["accuracy", "gflops"], "best")
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("knee", ("knee", None)),
-        ("  MAX-ACCURACY ", ("max-accuracy", None)),
-        ("max-accuracy-under 4.5", ("max-accuracy-under", 4.5)),
-        ("max-accuracy-under:4.5", ("max-accuracy-under", 4.5)),
-        ("min-gflops-over 0.9", ("min-gflops-over", 0.9)),
-        ("min-gflops-over:92.5", ("min-gflops-over", 0.925)),
+        ("verified", ("verified", None)),
+        ("  BEST ", ("best", None)),
+        ("  MAX-ACCURACY ", ("best", None)),
+        ("best-under 4.5", ("best-under", 4.5)),
+        ("max-accuracy-under:4.5", ("best-under", 4.5)),
+        ("cheapest-over 0.9", ("cheapest-over", 0.9)),
+        ("min-gflops-over:92.5", ("cheapest-over", 92.5)),  # in the score's units: select_best reads percent
+        ("cheapest-over=-0.1", ("cheapest-over", -0.1)),  # a score may be negative
     ],
 )
 def test_parse_select_rule(text: str, expected: tuple[str, float | None]) -> None:
@@ -248,16 +269,16 @@ def test_parse_select_rule(text: str, expected: tuple[str, float | None]) -> Non
     "text",
     [
         "",
-        "best",
+        "fastest",
         "knee:3",
-        "max-accuracy 1",
-        "max-accuracy-under",
-        "max-accuracy-under:abc",
+        "verified 2",
+        "best 1",
+        "best-under",
+        "best-under:abc",
         "max-accuracy-under:-1",
-        "max-accuracy-under:nan",
-        "min-gflops-over 150",
-        "min-gflops-over -0.1",
-        "max-accuracy-under 4.5 extra",
+        "best-under:nan",
+        "cheapest-over",
+        "best-under 4.5 extra",
     ],
 )
 def test_parse_select_rule_errors(text: str) -> None:
@@ -265,7 +286,7 @@ def test_parse_select_rule_errors(text: str) -> None:
         parse_select_rule(text)
     message = str(info.value)
     assert "\n" not in message
-    for form in ("knee", "max-accuracy", "max-accuracy-under:G", "min-gflops-over:A"):
+    for form in ("verified", "knee", "best", "best-under:C", "cheapest-over:Q"):
         assert form in message
 
 

@@ -15,7 +15,7 @@ from evaluators.proxy import (
     Fidelity,
     ProxyRun,
     TrainingDiverged,
-    fidelity,
+    preset,
     train_proxy,
 )
 from space.config import ArchConfig, StageConfig
@@ -26,7 +26,7 @@ needs_fmnist = pytest.mark.skipif(
 )
 
 # Smaller than the smoke preset, so that every training test takes about a second on one or two CPU cores.
-TINY = fidelity("smoke", train_images=128, val_images=64, batch_size=32, eval_batch_size=64)
+TINY = preset("smoke", train_images=128, val_images=64, batch_size=32, eval_batch_size=64)
 
 
 def _scsa_resnet18() -> ArchConfig:
@@ -182,7 +182,7 @@ def test_bad_device_is_a_value_error():
 def test_presets_exist_and_are_valid():
     assert set(PRESETS) == {"smoke", "fast", "default", "thorough"}
     for name, fid in PRESETS.items():
-        assert fidelity(name) is fid
+        assert preset(name) is fid
         assert isinstance(fid, Fidelity)
         assert Fidelity(**fid.to_dict()) == fid
     # every preset except smoke gives stage 4 of a ResNet at least 2x2 (>= 33 px with the timm stem)
@@ -193,16 +193,16 @@ def test_presets_exist_and_are_valid():
 
 
 def test_overrides():
-    fid = fidelity("fast", epochs=5, lr=1, optimizer="sgd", train_images=None)
+    fid = preset("fast", epochs=5, lr=1, optimizer="sgd", train_images=None)
     assert fid.epochs == 5 and fid.optimizer == "sgd" and fid.train_images is None
     assert fid.lr == 1.0 and isinstance(fid.lr, float)
-    assert fidelity(fid) is fid
-    assert fidelity(fid, epochs=6).epochs == 6
-    assert fidelity("fast") == PRESETS["fast"]  # the preset itself is not modified
+    assert preset(fid) is fid
+    assert preset(fid, epochs=6).epochs == 6
+    assert preset("fast") == PRESETS["fast"]  # the preset itself is not modified
 
 
 @pytest.mark.parametrize(
-    ("preset", "overrides", "message"),
+    ("name", "overrides", "message"),
     [
         ("quick", {}, r"unknown proxy preset 'quick'; choose one of smoke, fast, default, thorough"),
         (None, {}, r"unknown proxy preset None"),
@@ -225,9 +225,9 @@ def test_overrides():
         ("fast", {"score": "f1"}, r"score='f1' is unknown; choose one of accuracy, val_loss, loss, tse, tse_ema"),
     ],
 )
-def test_fidelity_errors(preset, overrides, message):
+def test_fidelity_errors(name, overrides, message):
     with pytest.raises(ValueError, match=message):
-        fidelity(preset, **overrides)
+        preset(name, **overrides)
 
 
 def test_cifar_stem_only_for_resnets():

@@ -75,15 +75,15 @@ def test_a_tie_within_the_noise_band_is_promoted():
 
 
 def test_the_search_band_is_the_presets_measured_noise_of_the_score_it_ranks_by():
-    from evaluators.fidelity import fidelity
+    from evaluators.fidelity import preset
 
-    default = fidelity("default").to_dict()
+    default = preset("default").to_dict()
     assert default["rung_sd"] > 0
     assert promotion_band(default, default["score"]) == pytest.approx(PROMOTION_BAND_SD * default["rung_sd"])
     # another first objective: the preset's noise says nothing about it
     other = "accuracy" if default["score"] != "accuracy" else "loss"
     assert promotion_band(default, other) == 0.0
-    assert promotion_band(fidelity("smoke").to_dict(), fidelity("smoke").score) == 0.0  # nothing measured
+    assert promotion_band(preset("smoke").to_dict(), preset("smoke").score) == 0.0  # nothing measured
 
 
 def test_rung_milestones():

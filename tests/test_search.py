@@ -40,7 +40,7 @@ def _launch(n: int, arch: ArchConfig, reference: str = "", optuna_number: int | 
 
 def _record(launch: Launch, status: str, acc: float | None = 0.5, gflops: float = 1.0, **extra) -> dict:
     return {"trial_id": launch.trial_id, "number": launch.number, "status": status, "reference": launch.reference,
-            "accuracy": acc, "gflops": gflops, "params": 10, "fidelity": 1.0 if status == "completed" else 0.5,
+            "accuracy": acc, "gflops": gflops, "params": 10, "trained_share": 1.0 if status == "completed" else 0.5,
             "epochs_done": 2, "time_s": 1.0, "error": "", "config": launch.config, **extra}
 
 
@@ -84,7 +84,7 @@ def test_plan_forced_reruns_interrupted_trials_first_and_counts_them_once(tmp_pa
 
 
 def test_replicates_plan_the_finalists_reruns_first_never_twice_and_stay_out_of_the_budget(tmp_path):
-    from search.replicate_phase import SEED_STRIDE, plan_replicates, replicate_seed
+    from search.finalists import SEED_STRIDE, plan_replicates, run_seed
 
     archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
              SearchSpace("resnet18").sample(1), SearchSpace("resnet18").sample(2)]
@@ -113,11 +113,11 @@ def test_replicates_plan_the_finalists_reruns_first_never_twice_and_stay_out_of_
     assert [r.number for r in replan] == [5, 6, 7, 8, 9]
     assert again.counts() == {"completed": 4, "stopped": 0, "failed": 0}
     assert again.counts(replicates=True) == {"completed": 1, "stopped": 0, "failed": 0}
-    assert replicate_seed(0, 0, 1) == 1 and replicate_seed(5, 2, 1) == 5 + 2 * SEED_STRIDE + 1
+    assert run_seed(0, 0, 1) == 1 and run_seed(5, 2, 1) == 5 + 2 * SEED_STRIDE + 1
 
 
 def test_the_replicate_limit_counts_configs_over_all_rounds(tmp_path):
-    from search.replicate_phase import plan_replicates
+    from search.finalists import plan_replicates
 
     archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
              SearchSpace("resnet18").sample(1), SearchSpace("resnet18").sample(2)]
@@ -186,7 +186,7 @@ def test_stopped_trials_are_told_pruned_never_complete(tmp_path):
     with open(tmp_path / "trials.csv") as fh:
         rows = {r["trial_id"]: r for r in csv.DictReader(fh)}
     assert [rows[t]["status"] for t in sorted(rows)] == ["completed", "completed", "stopped", "stopped"]
-    assert rows["t0002"]["fidelity"] == str(1 / 3) or float(rows["t0002"]["fidelity"]) == pytest.approx(1 / 3)
+    assert float(rows["t0002"]["trained_share"]) == pytest.approx(1 / 3)
     with open(tmp_path / "pareto.csv") as fh:
         assert {r["trial_id"] for r in csv.DictReader(fh)} <= {"t0000", "t0001"}
 

@@ -74,11 +74,10 @@ def _kill_minus_9(proc: subprocess.Popen, among: str) -> None:
 @needs_fashion
 def test_ctrl_c_then_kill_minus_9_twice_then_resume_reaches_the_budget_exactly(tmp_path):
     """Ctrl-C while a trial runs, resume; kill -9 while the budget's trials run, resume; kill -9 again while the
-    replicates run, resume again. One search through all four sessions: each session pays Ray's start-up, and each
-    interruption must leave what the next one needs."""
+    finalists are verified, resume again. One search through all four sessions: each session pays Ray's start-up,
+    and each interruption must leave what the next one needs."""
     out = tmp_path / "run"
-    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1",
-            "--replicates", "2"]
+    args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1"]
     # A budget far above the interruption points, so the search is still running when it is interrupted, whichever
     # trials the CPU's kernels let complete or the scheduler stops; the two references are never stopped.
     # 1. SIGINT to the whole process group, as a terminal's Ctrl-C sends it
@@ -107,10 +106,10 @@ def test_ctrl_c_then_kill_minus_9_twice_then_resume_reaches_the_budget_exactly(t
     launched = len((out / "launched.jsonl").read_text().splitlines())
     budget = max(8, launched + 2)  # the resume both re-runs what the kill interrupted and launches new trials
 
-    # 3. the next resume finishes the budget's trials and is killed among the replicates (2 more seeds of each
-    # finalist)
+    # 3. the next resume finishes the budget's trials and is killed among the verification runs (2 paired seeds of
+    # each finalist at 3x the proxy's images, the default)
     _kill_minus_9(_start_until(["--resume", "--budget", str(budget), *args], out,
-                               lambda rows: any(r.get("replicate_of") for r in rows)), "its replicates")
+                               lambda rows: any(r.get("phase") == "verify" for r in rows)), "its verification")
     among = _rows(out)
     resumed = _run(["--resume", *args])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -126,12 +125,13 @@ def test_ctrl_c_then_kill_minus_9_twice_then_resume_reaches_the_budget_exactly(t
     for r in interrupted + before + among:  # nothing recorded before an interruption was lost or re-run
         assert {k: kept[r["trial_id"]][k] for k in ("status", "accuracy", "time_s", "config_json")} == \
                {k: r[k] for k in ("status", "accuracy", "time_s", "config_json")}
-    # every finalist has replicates 1 and 2, each exactly once, whatever the kill interrupted; the finalists always
-    # include both references (never stopped), and which other configs join them depends on the CPU's kernels
+    # every finalist is verified with seeds 1 and 2, each exactly once, whatever the kill interrupted; the finalists
+    # always include both references (never stopped), and which other configs join them depends on the CPU's kernels
     ids = [r["trial_id"] for r in replicates]
+    assert {r["phase"] for r in replicates} == {"verify"}
     assert len(ids) == len(set(ids)) and {"t0000", "t0001"} <= {r["replicate_of"] for r in replicates}
     for tid in {r["replicate_of"] for r in replicates}:
-        assert sorted(i for i in ids if i.startswith(tid + "r")) == [f"{tid}r{k}" for k in (1, 2)]
+        assert sorted(i for i in ids if i.startswith(tid + "v")) == [f"{tid}v{k}" for k in (1, 2)]
     study = optuna.load_study(study_name="scsa-search", storage=f"sqlite:///{out / 'study.db'}")
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
     completed_ids = [t.user_attrs["trial_id"] for t in study.trials
@@ -239,7 +239,7 @@ def test_a_full_disk_ends_in_one_line_and_resume_finishes_once_there_is_room(tmp
     try:
         out = disk / "run"
         args = ["--backbone", "resnet18", "--proxy", "smoke", "--out", str(out), "--max-concurrent", "1",
-                "--replicates", "0"]
+                "--replicates", "0", "--verify", "off"]
         full = _run(["--budget", "3", *args])
         assert full.returncode == 1, full.stdout[-2000:] + full.stderr[-2000:]
         assert "Traceback" not in full.stdout + full.stderr and " ERROR " not in full.stderr, full.stderr[-3000:]

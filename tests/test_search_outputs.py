@@ -31,7 +31,8 @@ def smoke_search(tmp_path_factory):
     """One real search that every test here reads: 6 smoke trials of resnet18, one at a time, one retry, and real
     faults: t0002's worker process is killed by SIGKILL on every attempt (what the kernel's OOM killer or a lost
     node does), t0003's only on its first (Ray restarts it, the retry completes), and t0004 asks for an allocation
-    the allocator refuses; then 2 replicates of each finalist. Returns ``(out, completed process)``."""
+    the allocator refuses; then 2 replicates of each finalist, then each replicated finalist verified at 3x the
+    proxy's images with 2 paired seeds (the default). Returns ``(out, completed process)``."""
     if not FASHION.is_dir():
         pytest.skip(f"Fashion-MNIST not installed at {FASHION}")
     out = tmp_path_factory.mktemp("smoke-search") / "run"
@@ -67,12 +68,15 @@ def _second_search_while_the_first_runs(first: subprocess.Popen, out: Path) -> s
 @pytest.mark.slow
 @needs_fashion
 def test_search_end_to_end(smoke_search):
-    """6 real smoke trials, then 2 replicates of each finalist: files, statuses, front of the means, intervals,
-    study — and a failure and a retry, injected (see the ``smoke_search`` fixture)."""
+    """6 real smoke trials, then 2 replicates of each finalist, then verification: files, statuses, front of the
+    means, intervals, the verified choice, study — and a failure and a retry, injected (see the ``smoke_search``
+    fixture)."""
     out, proc = smoke_search
     everything = _rows(out)
     rows = [r for r in everything if not r["replicate_of"]]
-    replicates = [r for r in everything if r.get("replicate_of")]
+    assert {r["phase"] for r in rows} == {"search"}
+    replicates = [r for r in everything if r["phase"] == "replicate"]
+    verified = [r for r in everything if r["phase"] == "verify"]
     assert [r["trial_id"] for r in rows] == [f"t{i:04d}" for i in range(6)]
     assert [r["reference"] for r in rows[:2]] == ["baseline", "paper_default"]
     assert ArchConfig.from_dict(json.loads(rows[0]["config_json"])) == ArchConfig.baseline("resnet18")
@@ -86,9 +90,9 @@ def test_search_end_to_end(smoke_search):
     assert retried["status"] != "failed" and retried["seed"] == "1"  # the retry ran with the next seed
     for r in rows:
         if r["status"] == "stopped":
-            assert float(r["fidelity"]) < 1.0
+            assert float(r["trained_share"]) < 1.0
         if r["status"] == "completed":
-            assert float(r["fidelity"]) == 1.0 and float(r["gflops"]) > 0
+            assert float(r["trained_share"]) == 1.0 and float(r["gflops"]) > 0
     # replicates: both references and the front, 2 more seeds each (the same seeds for all), rows of their own
     finalists = {r["replicate_of"] for r in replicates}
     assert {r["trial_id"] for r in rows if r["reference"]} <= finalists <= {r["trial_id"] for r in rows}
@@ -109,14 +113,29 @@ def test_search_end_to_end(smoke_search):
     for r in pareto:
         assert float(r["accuracy"]) == pytest.approx(means[r["trial_id"]]["accuracy"]) and r["seeds"] == "3"
         assert float(r["accuracy_ci95"]) >= 0
+    # verification: every replicated finalist at 3x the proxy's images, 2 paired seeds, the same for all
+    assert {r["replicate_of"] for r in verified} == finalists
+    for tid in finalists:
+        mine = sorted((r for r in verified if r["replicate_of"] == tid), key=lambda r: r["trial_id"])
+        assert [(r["trial_id"], r["seed"], r["status"]) for r in mine] == \
+               [(f"{tid}v1", "101000", "completed"), (f"{tid}v2", "102000", "completed")]
+    assert f"verifying: {2 * len(finalists)} run(s) for {len(finalists)} finalist(s) at 3x the proxy's images, 2 " \
+        "paired seed(s) each" in proc.stdout
     md = (out / "best_config.md").read_text()
-    assert "Seed noise: the pooled within-config standard deviation of accuracy is" in md
-    assert "(paired over 3 seed(s), 95 % interval): **" in md and " (3 seeds) |" in md
-    # every replicated config against the plain backbone, in the file and at the end of the output
-    assert "## The replicated configs against the plain backbone" in md
+    answer = md.splitlines()[2]
+    assert md.startswith("# Recommendation") and answer.startswith("**Use ")
+    assert "verified at 3x the proxy's images" in answer
+    assert "Seed noise at the proxy's fidelity: the pooled within-config standard deviation of accuracy is" in md
+    assert "(paired over 2 seed(s), 95 % interval): **" in md and " (3 seeds) |" in md
+    # every finalist against the plain backbone, proxy claim beside the verified result, in the file; the answer
+    # and the sentence naming those distinguishably better open the end of the output
+    assert "| proxy claim | verified | verdict | held | tied with best |" in md
     said = next(line for line in md.splitlines() if "distinguishably better than the plain backbone" in line.lower())
-    assert f"  {said}" in proc.stdout.splitlines()
-    assert "seed noise of accuracy: sd " in proc.stdout and "replicate run(s) of the finalists" in proc.stdout
+    tail = proc.stdout.splitlines()
+    assert answer.strip("*") in tail and f"  {said}" in tail
+    assert tail.index(answer.strip("*")) < tail.index(f"  {said}")
+    assert "seed noise of accuracy: sd " in proc.stdout
+    assert "run(s) of the finalists (replicates and verification)" in proc.stdout
     noise = json.loads((out / "search.json").read_text())["noise"]
     assert noise["objective"] == "accuracy" and noise["sd"] >= 0 and noise["dof"] == 2 * len(finalists)
     assert f"sd {noise['sd']:.4g} (pooled within configs, {noise['dof']} degrees of freedom)" in proc.stdout
@@ -128,7 +147,7 @@ def test_search_end_to_end(smoke_search):
     expected = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
     by_id = {t.user_attrs["trial_id"]: t.state.name for t in study.trials if "duplicate_of" not in t.user_attrs}
     assert by_id == {r["trial_id"]: expected[r["status"]] for r in rows}
-    assert "chosen by knee" in proc.stdout and str(out / "best_config.json") in proc.stdout
+    assert "chosen by verified" in proc.stdout and str(out / "best_config.json") in proc.stdout
 
 
 @pytest.mark.slow

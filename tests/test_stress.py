@@ -20,7 +20,8 @@ def test_thirty_trials_with_twenty_percent_failures(tmp_path):
     out = tmp_path / "run"
     failing = sorted(random.Random(2026).sample([f"t{i:04d}" for i in range(30)], 6))
     proc = _run(["--budget", "30", "--backbone", "resnet18", "--proxy", "smoke", "--out", str(out),
-                 "--max-concurrent", "2", "--no-early-stopping", "--replicates", "0"],
+                 "--max-concurrent", "2", "--no-early-stopping", "--replicates", "0",
+                 "--verify", "off"],
                 env={"SCSA_SEARCH_INJECT_FAULT": ",".join(failing)}, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(out)
