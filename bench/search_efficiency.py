@@ -248,6 +248,20 @@ def summarise_budget(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def time_markdown(table: pd.DataFrame) -> str:
+    """The equal-wall-time rows as one markdown table: per variant, ``hv_gain`` per seed, trials per run (stopped
+    among them) and the share of the wall time outside the trials."""
+    seeds = sorted(table.seed.astype(int).unique())
+    lines = [f"| variant | hv_gain x1e-3, seeds {', '.join(map(str, seeds))} | trials per run (stopped) | "
+             "orchestration share |", "|---|---|---:|---:|"]
+    for variant, rows in table.groupby("variant", sort=False):
+        by_seed = dict(zip(rows.seed.astype(int), rows.hv_gain, strict=True))
+        gains = ", ".join(f"{1e3 * by_seed[s]:.2f}" if s in by_seed else "—" for s in seeds)
+        lines.append(f"| {variant} | {gains} | {rows.trials.mean():.0f} ({rows.stopped.mean():.0f}) | "
+                     f"{100 * rows.overhead_share.mean():.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
 def curves(table: pd.DataFrame, trials: pd.DataFrame) -> dict[tuple[str, int], pd.Series]:
     """The anytime curve of every run of ``table`` (rows of one time-budgeted benchmark)."""
     out = {}
@@ -412,6 +426,10 @@ def main() -> None:
     if args.time_budget:
         mine = trials[_same_run(trials, key)]
         print(summarise_time(sel, mine))
+        md = out.with_suffix(".md")  # the table the docs link to: its numbers live here only
+        md.write_text(f"<!-- written by `python bench/search_efficiency.py --backbone {args.backbone} --time-budget "
+                      f"{args.time_budget:g} --out {out} --summary-only` -->\n\n{time_markdown(sel)}")
+        print(f"table: {md}")
         if args.png:
             print(f"anytime curve: {plot_anytime(sel, mine, Path(args.png))}")
     else:

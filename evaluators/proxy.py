@@ -388,23 +388,12 @@ class ProxyRun:
         )
 
 
-def train_proxy(
-    arch: ArchConfig,
-    dataset: str = DEFAULT_DATASET,
-    data_dir: str | None = None,
-    fidelity: Fidelity | str = "default",
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    *,
-    download: bool = False,
-    val_fraction: float = 0.1,
-) -> Iterator[EpochResult]:
-    """Train ``arch`` from scratch at ``fidelity`` (a :class:`Fidelity` or a preset name) and yield an
-    :class:`EpochResult` after every epoch; stop iterating to stop the trial.
+def train_proxy(arch: ArchConfig, *args: Any, **kwargs: Any) -> Iterator[EpochResult]:
+    """Train ``arch`` from scratch and yield an :class:`EpochResult` after every epoch; stop iterating to stop the
+    trial. The arguments are :class:`ProxyRun`'s (dataset, data directory, fidelity: a :class:`Fidelity` or a
+    preset name, seed, device, ...), with its defaults.
 
     Raises :class:`TrainingDiverged` when the loss becomes NaN or infinite, ``ValueError`` for bad arguments.
     Nothing is built until the first ``next()``. Use :class:`ProxyRun` to keep the model.
     """
-    yield from ProxyRun(
-        arch, dataset, data_dir, fidelity, seed, device, download=download, val_fraction=val_fraction
-    )
+    yield from ProxyRun(arch, *args, **kwargs)

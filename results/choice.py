@@ -35,7 +35,7 @@ import pandas as pd
 from results.config_stats import config_means, is_verified, paired_in, seed_table
 from results.noise import Interval, verdict
 from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, pareto_front
-from results.schema import COMPLETED, SEEDS
+from results.schema import COMPLETED, CONFIG_JSON, SEEDS
 from results.select import DEFAULT_RULE, VERIFIED_RULE, parse_select_rule, select_best
 from space import ArchConfig
 
@@ -91,7 +91,7 @@ def format_gain(diff: Interval, objective: str) -> str:
 def placement(row: pd.Series) -> str:
     """Which attention goes where, in words: ``"scsa@mid/all g4 k3-5-7-9 w7 h1 sigmoid avg in stages 3, 4"``,
     or ``"no attention (the plain backbone)"``."""
-    arch = ArchConfig.from_dict(json.loads(row["config_json"]))
+    arch = ArchConfig.from_dict(json.loads(row[CONFIG_JSON]))
     groups: dict[str, list[int]] = {}
     for i, stage in enumerate(arch.stages, start=1):
         if stage.attn != "none":
@@ -186,7 +186,9 @@ def choose(df: pd.DataFrame, objectives: Sequence[str], rule: str = DEFAULT_RULE
     answer = _answer(pick, pool, objectives, base, finalists, where, verified)
     gains = {ref: seeds.versus(str(pick["trial_id"]), rid, verified)
              for ref in REFERENCE_LABELS if (rid := _reference_id(pool, ref)) is not None}
-    return Choice(pick, gains, note, finalists, answer, evidence, quality, proxy_score)
+    # single draws compare nothing: no table of every config against the plain backbone
+    shown = [] if evidence == SINGLE else finalists
+    return Choice(pick, gains, note, shown, answer, evidence, quality, proxy_score)
 
 
 def _finalists(seeds: _Seeds, pool: pd.DataFrame, objectives: list[str], base: str | None,
@@ -278,7 +280,7 @@ def _answer(pick: pd.Series, pool: pd.DataFrame, objectives: list[str], base: st
     if not others:
         return f"Use the plain backbone: no other config was measured {where}."
     top = max(others, key=lambda f: _signed(f.row, quality))
-    why = "nothing to pair with" if math.isnan(top.gain.half) else "95 % interval"
+    why = "one draw each: no interval" if math.isnan(top.gain.half) else "95 % interval"
     return (f"Use the plain backbone: no config beat it {where}; the best candidate was {top.row['trial_id']} "
             f"({placement(top.row)}) at {format_gain(top.gain, quality)} ({why}), for "
             f"{_cost_over(top.row, plain, objectives)}.")

@@ -17,7 +17,7 @@ from results.choice import REPLICATED, VERIFIED, Choice, better_than_plain, form
 from results.io import atomic_write_text
 from results.model import SearchResults
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
-from results.schema import BEST_JSON, BEST_MD, COMPLETED, MMPRETRAIN_PY, SEEDS, interval_column
+from results.schema import BEST_JSON, BEST_MD, COMPLETED, CONFIG_JSON, MMPRETRAIN_PY, SEEDS, interval_column
 from space import ArchConfig
 from space.backbones import family, num_features
 
@@ -224,7 +224,7 @@ def best_config_markdown(
         raise ValueError(f"nothing was chosen: {results.reason}")
     best = choice.best
     quality = objectives[0]
-    arch = ArchConfig.from_dict(json.loads(best["config_json"]))
+    arch = ArchConfig.from_dict(json.loads(best[CONFIG_JSON]))
     plain = means[(means["reference"] == "baseline") & (means["status"] == COMPLETED)]
     base_gflops = float(plain["gflops"].iloc[0]) if len(plain) else math.nan
     # latency is measured only when it is an objective; then it is a column of its own
@@ -364,7 +364,7 @@ def export_best(
 ) -> dict[str, Path]:
     """Write ``best_config.json``, ``best_config.md`` and the mmpretrain config for the chosen config."""
     md = best_config_markdown(results, resolution=resolution, dataset=dataset, num_classes=num_classes)
-    arch = ArchConfig.from_dict(json.loads(results.choice.best["config_json"]))
+    arch = ArchConfig.from_dict(json.loads(results.choice.best[CONFIG_JSON]))
     out = Path(out_dir)
     atomic_write_text(out / BEST_MD, md)
     return {

@@ -28,7 +28,7 @@ from ray.tune.search import Searcher
 
 from results.config_stats import config_means, finalists, noise_estimate
 from results.frame import trials_frame
-from results.schema import REPLICATE, VERIFY
+from results.schema import PHASE, REPLICATE, VERIFY
 
 from .ledger import Launch, Ledger
 from .recording import RecordingSearcher
@@ -148,5 +148,5 @@ class ReplicateSearch(RecordingSearcher):
             self._queue.pop(0)
             self._launch_of[trial_id] = launch
             return {"arch": launch.config, "trial_key": launch.trial_id, "number": launch.number,
-                    "reference": launch.reference, "replicate": launch.replicate, "phase": launch.phase}
+                    "reference": launch.reference, "replicate": launch.replicate, PHASE: launch.phase}
         return Searcher.FINISHED

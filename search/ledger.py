@@ -31,6 +31,7 @@ from results.frame import read_trials
 from results.report import update as write_results
 from results.schema import (
     COMPLETED,
+    CONFIG_JSON,
     FAILED,
     JOURNAL,
     REPLICATE,
@@ -178,7 +179,7 @@ def _record_from_row(row: Mapping[str, Any]) -> dict:
     """A trials.csv row back into a record (config from ``config_json``; missing values dropped)."""
     record: dict[str, Any] = {}
     for key, value in row.items():
-        if key == "config_json":
+        if key == CONFIG_JSON:
             record["config"] = json.loads(value) if value else None
             continue
         if key == "backbone" or is_stage_column(key):

@@ -138,7 +138,7 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
     from evaluators.flops import measure
     from evaluators.proxy import Fidelity, train_proxy
     from evaluators.scores import SCORES
-    from results.schema import VERIFY
+    from results.schema import PHASE, VERIFY
     from space import ArchConfig
 
     from .finalists import run_seed
@@ -158,7 +158,7 @@ def _train(config: dict[str, Any], settings: TrialSettings) -> None:
         costs["latency_ms"] = latency_ratio(arch, resolution=settings.resolution, device=device, threads=threads,
                                             cache=cache_at(settings.latency_cache)).latency_ms
     attempt = int(config.get("attempt", 0))
-    phase = config.get("phase", "")
+    phase = config.get(PHASE, "")
     seed = run_seed(int(settings.seed), int(config.get("replicate", 0)), attempt, phase)
     # a verification run trains at --verify's fidelity; every other run at the proxy's
     recipe = settings.verify_fidelity if phase == VERIFY and settings.verify_fidelity else settings.fidelity

@@ -9,8 +9,6 @@ keeps channels in = channels out, so any slot takes any of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from timm.layers import create_attn
 from torch import nn
 
@@ -22,22 +20,14 @@ ATTENTION_TYPES = ("none", "scsa", "se", "eca", "cbam", "ca", "gc")
 TIMM_TYPES = ("se", "eca", "cbam", "gc")
 
 
-def create_attention(
-    attn: str,
-    channels: int,
-    *,
-    groups: int = 4,
-    kernels: Sequence[int] = (3, 5, 7, 9),
-    window: int = 7,
-    heads: int = 1,
-    gate: str = "sigmoid",
-    pool: str = "avg",
-) -> nn.Module | None:
-    """Build the attention module ``attn`` for ``channels`` channels; ``None`` for ``"none"``."""
+def create_attention(attn: str, channels: int, **scsa: object) -> nn.Module | None:
+    """Build the attention module ``attn`` for ``channels`` channels; ``None`` for ``"none"``. ``scsa``: SCSA's
+    settings (``groups``, ``kernels``, ``window``, ``heads``, ``gate``, ``pool``; the paper's where not given),
+    ignored by the other attentions."""
     if attn == "none":
         return None
     if attn == "scsa":
-        return SCSA(channels, groups=groups, kernels=kernels, window=window, heads=heads, gate=gate, pool=pool)
+        return SCSA(channels, **scsa)  # type: ignore[arg-type]
     if attn == "ca":
         return CoordAttn(channels)
     if attn in TIMM_TYPES:

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .attention import ATTENTION_TYPES
 from .backbones import BLOCK_PATTERNS, POSITIONS, num_stages, selected_blocks, slots
-from .scsa import GATES, POOLS, check_scsa_args
+from .scsa import GATES, PAPER_SETTING, POOLS, check_scsa_args
 
 SCSA_FIELDS = ("groups", "kernels", "window", "heads", "gate", "pool")
-PAPER_SCSA = {"groups": 4, "kernels": (3, 5, 7, 9), "window": 7, "heads": 1, "gate": "sigmoid", "pool": "avg"}
+PAPER_SCSA = dict(PAPER_SETTING)
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class ArchConfig:
             if missing:
                 raise ValueError(f"{where}: SCSA needs {', '.join(missing)}")
             if stage.gate not in GATES or stage.pool not in POOLS:
-                check_scsa_args(64, 1, (1,), 1, 1, stage.gate, stage.pool)  # raises the precise message
+                check_scsa_args(64, groups=1, kernels=(1,), window=1, heads=1, gate=stage.gate, pool=stage.pool)
             n_blocks = len(stage_slots) // len(POSITIONS)
             for b in selected_blocks(n_blocks, stage.blocks):
                 slot = next(s for s in stage_slots if s.block == b and s.position == stage.position)

@@ -40,20 +40,24 @@ _OFFICIAL_DWC = ("local_dwc", "global_dwc_s", "global_dwc_m", "global_dwc_l")
 _OFFICIAL_POOL = {"avg_pool": "avg", "max_pool": "max"}
 
 
-def check_scsa_args(
-    channels: int,
-    groups: int = 4,
-    kernels: Sequence[int] = (3, 5, 7, 9),
-    window: int = 7,
-    heads: int = 1,
-    gate: str = "sigmoid",
-    pool: str = "avg",
-    attn_drop: float = 0.0,
-) -> None:
+#: The paper's setting, and the defaults of :class:`SCSA` and :func:`check_scsa_args` (their one source).
+PAPER_SETTING: Mapping[str, object] = {"groups": 4, "kernels": (3, 5, 7, 9), "window": 7, "heads": 1,
+                                       "gate": "sigmoid", "pool": "avg"}
+
+
+def check_scsa_args(channels: int, **options: object) -> None:
     """Raise a ``ValueError`` naming the first setting SCSA cannot take; return ``None`` when all are valid.
 
-    Kept apart from the constructor so that a search space can test a candidate without building it.
+    ``options``: any of :class:`SCSA`'s settings (``groups``, ``kernels``, ``window``, ``heads``, ``gate``,
+    ``pool``, ``attn_drop``); those not given are the paper's (:data:`PAPER_SETTING`). Kept apart from the
+    constructor so that a search space can test a candidate without building it.
     """
+    unknown = sorted(set(options) - {*PAPER_SETTING, "attn_drop"})
+    if unknown:
+        raise ValueError(f"SCSA takes no setting {', '.join(unknown)}")
+    o = {**PAPER_SETTING, "attn_drop": 0.0, **options}
+    groups, kernels, window, heads = o["groups"], o["kernels"], o["window"], o["heads"]
+    gate, pool, attn_drop = o["gate"], o["pool"], o["attn_drop"]
     if not isinstance(channels, int) or channels <= 0:
         raise ValueError(f"SCSA channels must be a positive integer, got {channels!r}")
     if not isinstance(groups, int) or groups <= 0:
@@ -104,17 +108,18 @@ class SCSA(nn.Module):
     def __init__(
         self,
         channels: int,
-        groups: int = 4,
-        kernels: Sequence[int] = (3, 5, 7, 9),
-        window: int = 7,
-        heads: int = 1,
-        gate: str = "sigmoid",
-        pool: str = "avg",
+        groups: int = PAPER_SETTING["groups"],  # type: ignore[assignment]
+        kernels: Sequence[int] = PAPER_SETTING["kernels"],  # type: ignore[assignment]
+        window: int = PAPER_SETTING["window"],  # type: ignore[assignment]
+        heads: int = PAPER_SETTING["heads"],  # type: ignore[assignment]
+        gate: str = PAPER_SETTING["gate"],  # type: ignore[assignment]
+        pool: str = PAPER_SETTING["pool"],  # type: ignore[assignment]
         attn_drop: float = 0.0,
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        check_scsa_args(channels, groups, kernels, window, heads, gate, pool, attn_drop)
+        check_scsa_args(channels, groups=groups, kernels=kernels, window=window, heads=heads, gate=gate, pool=pool,
+                        attn_drop=attn_drop)
         self.channels, self.groups, self.kernels = channels, groups, tuple(kernels)
         self.window, self.heads, self.gate, self.pool = window, heads, gate, pool
         self.attn_drop = float(attn_drop)

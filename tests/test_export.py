@@ -136,6 +136,12 @@ def test_a_pick_not_distinguishable_from_the_plain_backbone_yields_to_it(tmp_pat
     assert choice.best["reference"] == "baseline" and "one draw each cannot be told from the seed noise" in choice.note
     # a rule the plain backbone does not meet is not overridden
     assert choose(single, ["accuracy", "gflops"], "cheapest-over:0.84").best["trial_id"] == "t2"
+    # the default rule on single draws: nothing can be shown better; the best draw is named, no table of all
+    default = choose(single, ["accuracy", "gflops"])
+    assert default.best["reference"] == "baseline" and default.finalists == [] and default.evidence == "single draws"
+    assert default.answer.startswith("Use the plain backbone: no config beat it at the proxy's fidelity, one seed "
+                                     "each; the best candidate was t2 ")
+    assert "(one draw each: no interval)" in default.answer
 
 
 def _latency_search(tmp_path, accs: dict[int, list[float]], latency: dict[str, float], rule: str):
