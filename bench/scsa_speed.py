@@ -10,6 +10,14 @@ training step holds), and the peak of tensor memory allocated during one forward
 allocator's peak; on CPU from the profiler's allocation events).
 
     python bench/scsa_speed.py [--threads 2] [--repeats 7] [--batch 32] [--device cpu]
+
+``--backbone NAME --resolution PX`` times instead the SCSA of every distinct slot shape of that backbone (the
+paper's slot, after the block's 3x3 or depthwise convolution) at that input size, beside the block it sits in:
+per shape our SCSA, the step-by-step one, the block's own layers (the timm block, without SCSA), each forward +
+backward at ``--batch`` and at inference (eval, no grad, batch 1), and SCSA's FLOPs against the block's (fvcore, at
+batch 1), so that the distance to "costs what its FLOPs say" is visible per shape.
+
+    python bench/scsa_speed.py --backbone mobilenetv2_100 --resolution 48 [--batch 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -51,7 +59,10 @@ class StepByStepSCSA(nn.Module):
         a_h = torch.sigmoid(m.norm_h(torch.cat(conv_h, dim=1))).view(b, c, h, 1)
         a_w = torch.sigmoid(m.norm_w(torch.cat(conv_w, dim=1))).view(b, c, 1, w)
         xs = x * a_h * a_w
-        y = F.avg_pool2d(xs, m.window, m.window) if m.window > 0 else xs.mean((2, 3), keepdim=True)
+        # the authors' AvgPool2d(window) fails on maps smaller than the window; ours clamps it to the map, and so does
+        # this reference, so that the small shapes of the mobile backbones can be timed at all
+        win = (min(m.window, h), min(m.window, w))
+        y = F.avg_pool2d(xs, win, win) if m.window > 0 else xs.mean((2, 3), keepdim=True)
         y = m.norm(y)
         q = y * m.qkv_weight[0].view(1, c, 1, 1)
         k = y * m.qkv_weight[1].view(1, c, 1, 1)
@@ -148,13 +159,93 @@ def peak_mib(module: nn.Module, x: torch.Tensor) -> float:
     return (max(total for _, _, total in events) - base) / 2**20
 
 
+def block_shapes(backbone: str, resolution: int) -> list[tuple[int, int, nn.Module, tuple[int, ...]]]:
+    """Per distinct SCSA shape of ``backbone``'s mid slots at ``resolution``: channels, map side, the (plain) timm
+    block it sits in, and that block's input shape at batch 1."""
+    import timm
+
+    from space.backbones import input_size_kwargs, slots
+
+    model = timm.create_model(backbone, pretrained=False, num_classes=10,
+                              **input_size_kwargs(backbone, resolution)).eval()
+    seen: dict[tuple[int, int], str] = {}
+    for stage in slots(backbone, resolution):
+        for slot in stage:
+            if slot.position == "mid":
+                seen.setdefault((slot.channels, slot.height), slot.block_path)
+    inputs: dict[str, tuple[int, ...]] = {}
+
+    def record(path: str):
+        def hook(_module: nn.Module, args: tuple) -> None:  # returns None: the block's input is left as it is
+            inputs.setdefault(path, tuple(args[0].shape))
+        return hook
+
+    hooks = [model.get_submodule(path).register_forward_pre_hook(record(path)) for path in set(seen.values())]
+    with torch.no_grad():
+        model(torch.randn(1, 3, resolution, resolution))
+    for h in hooks:
+        h.remove()
+    return [(c, side, model.get_submodule(path).train(), inputs[path]) for (c, side), path in seen.items()]
+
+
+def infer_ms(modules: list[nn.Module], xs: list[torch.Tensor], repeats: int) -> list[float]:
+    """Median inference milliseconds (eval, no grad) of each module on its input, interleaved as in
+    :func:`time_pair`."""
+    for m in modules:
+        m.eval()
+    times: list[list[float]] = [[] for _ in modules]
+    with torch.inference_mode():
+        for rep in range(repeats + 2):
+            for m, x, ts in zip(modules, xs, times, strict=True):
+                t0 = time.perf_counter()
+                m(x)
+                if rep >= 2:  # warm-up
+                    ts.append(time.perf_counter() - t0)
+    for m in modules:
+        m.train()
+    return [1e3 * statistics.median(ts) for ts in times]
+
+
+def backbone_rows(backbone: str, resolution: int, batch: int, repeats: int, dev: torch.device) -> None:
+    """The per-shape table of ``--backbone`` (see the module docstring)."""
+    from evaluators.flops import count_module
+
+    print(f"{backbone} at {resolution} px: SCSA at the mid slot of each distinct shape; fwd+bwd at batch {batch}, "
+          f"inference at batch 1 (ms, median of {repeats}); GFLOPs at batch 1")
+    print(f"{'shape':>12} {'ours':>8} {'step':>8} {'block':>8} {'ours/blk':>8} | {'inf ours':>8} {'inf blk':>8} "
+          f"{'ratio':>6} | {'MFLOPs scsa/blk':>16} {'ratio':>6}")
+    for c, side, block, in_shape in block_shapes(backbone, resolution):
+        fast = SCSA(c).to(dev)
+        slow = StepByStepSCSA(fast)
+        block = block.to(dev)
+        x = torch.randn(batch, c, side, side, device=dev, requires_grad=True)
+        xb = torch.randn(batch, *in_shape[1:], device=dev, requires_grad=True)
+        t_fast, t_slow = time_pair([fast, slow], x, repeats)
+        (t_block,) = time_pair([block], xb, repeats)
+        one, one_b = x[:1].detach(), xb[:1].detach()
+        i_fast, i_block = infer_ms([fast, block], [one, one_b], repeats)
+        f_scsa = count_module(fast.eval(), one).flops / 1e6
+        f_block = count_module(block.eval(), one_b, scopes=()).flops / 1e6
+        fast.train(), block.train()
+        print(f"{f'{c}x{side}x{side}':>12} {1e3 * t_fast:8.2f} {1e3 * t_slow:8.2f} {1e3 * t_block:8.2f} "
+              f"{t_fast / t_block:7.2f}x | {i_fast:8.3f} {i_block:8.3f} {i_fast / i_block:5.2f}x | "
+              f"{f_scsa:7.2f}/{f_block:<8.2f} {f_scsa / f_block:5.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backbone", help="time SCSA at this timm backbone's slot shapes (see the module docstring)")
+    ap.add_argument("--resolution", type=int, default=48, help="input size for --backbone (default 48)")
     args = ap.parse_args()
+    if args.backbone:
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        backbone_rows(args.backbone, args.resolution, args.batch, args.repeats, torch.device(args.device))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
