@@ -141,6 +141,7 @@ def finalize(
         _append_cost_spread(out, Path(written[BEST_MD]))
         written["note"] = choice.note
         written["answer"] = choice.answer
+        written["score"] = choice.score
         written["better_than_plain"] = better_than_plain(choice)
     written["best"] = best
     return written

@@ -32,6 +32,7 @@ class SearchOutcome:
     noise: str = ""
     note: str = ""  # why the choice differs from what the --select rule picked (results.choice)
     answer: str = ""  # the one sentence a user can act on (results.choice.Choice.answer)
+    score: str = ""  # what the chosen row's score is in (the verification's, once verified)
     better_than_plain: str = ""  # the replicated configs distinguishably better than the plain backbone
     written: dict[str, Any] = field(default_factory=dict)
     best: Any = None
@@ -67,7 +68,7 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
     if best is not None:
         if outcome.answer:
             print(f"\n{outcome.answer}")
-        seeds, score = int(best.get(SEEDS, 1) or 1), settings.objectives[0]
+        seeds, score = int(best.get(SEEDS, 1) or 1), outcome.score or settings.objectives[0]
         print(f"  chosen by {settings.select}: {best['trial_id']} {score} {float(best[score]):.4f}"
               + (f" (mean of {seeds} seeds)" if seeds > 1 else "") + f", {float(best['gflops']):.3f} GFLOPs")
         if outcome.note:

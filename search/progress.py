@@ -244,7 +244,7 @@ class ProgressCallback(Callback):
             text += f" | noise sd {results.noise_sd:.4g} ({results.noise_dof} dof)"
         if results.choice is None:  # nothing completed yet, or nothing meets the --select rule yet
             return text
-        best, score = results.choice.best, self.objectives[0]
+        best, score = results.choice.best, results.choice.score  # the verification's score once there is one
         return (f"{text} | best {best['trial_id']} {score} {float(best[score]):.4f} "
                 f"@ {float(best['gflops']):.3f} GFLOPs")
 

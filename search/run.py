@@ -223,6 +223,7 @@ def _run_session(settings: SearchSettings, echo, deadline: float | None) -> Sear
         reason=str(written.get("reason", "")),
         note=str(written.get("note", "")),
         answer=str(written.get("answer", "")),
+        score=str(written.get("score", "")),
         better_than_plain=str(written.get("better_than_plain", "")),
     )
 
