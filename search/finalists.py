@@ -44,17 +44,17 @@ VERIFY_SEED_BASE = 100
 NOISE_BAND_SD = 2.0
 #: At most this share of the budget is replicated or verified (references first, then the front in the order the
 #: selection rule prefers it, then the configs nearest the front). The default resnet50 search found 45 of its
-#: first 50 configs within the noise band: training every tie again would cost more than the search itself. 0.03
-#: (6 configs for 200 trials) at 2 seeds each and 3x the proxy's images is what fits the default run's time
-#: (docs/search.md#the-finalists).
-FINALIST_SHARE = 0.03
+#: first 50 configs within the noise band: training every tie again would cost more than the search itself. 0.02
+#: (4 configs for 200 trials: both references and two candidates) at 2 seeds each and 3x the proxy's images is what
+#: fits the default run's 70 minutes: 6 configs took 13 min of a 71-min run (docs/benchmarks.md).
+FINALIST_SHARE = 0.02
 #: ... but never fewer than this many (small searches train again all they have, up to this).
 MIN_FINALISTS = 4
 
 
 def max_finalists(budget: int) -> int:
     """How many configs the finalists' phases of a ``budget``-trial search train again at the most (see
-    :data:`FINALIST_SHARE`): 6 for the default 200 trials."""
+    :data:`FINALIST_SHARE`): 4 for the default 200 trials."""
     return max(MIN_FINALISTS, math.ceil(FINALIST_SHARE * budget))
 
 

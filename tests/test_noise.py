@@ -121,4 +121,4 @@ def test_the_front_comes_in_the_order_the_selection_rule_prefers_it():
 def test_the_replicate_phase_is_bounded_by_a_share_of_the_budget():
     from search.finalists import MIN_FINALISTS, max_finalists
 
-    assert max_finalists(200) == 6 and max_finalists(6) == MIN_FINALISTS
+    assert max_finalists(200) == 4 and max_finalists(300) == 6 and max_finalists(6) == MIN_FINALISTS

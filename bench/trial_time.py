@@ -1,0 +1,148 @@
+"""What SCSA's paper setting costs in time, against the plain backbone, side by side in one run.
+
+Per backbone (default resnet50 and mobilenetv2_100), the plain backbone and the paper default (SCSA with the
+paper's settings in every block) are measured in interleaved rounds (the order alternates from round to round, so
+that a drift of the machine's speed falls on both), on one thread, three ways:
+
+* ``trial``: one ``default`` proxy trial, as a search runs it (data, model, two epochs, validation), the same seed;
+* ``fwdbwd``: the whole model's forward + backward at the proxy's size (48 px, batch 32, train mode), median of
+  ``--steps``;
+* ``infer``: the inference latency ratio at 224 px, batch 1, eval, no grad (``evaluators.latency.latency_ratio``,
+  its own interleaved repeats, no cache).
+
+Each round is one row per measure in the CSV (``--out``, appended as it goes: an interrupted run resumes where it
+stopped; ``--rounds`` counts the rows a measure should have). The summary is the median ratio over the rounds with
+its range, beside the FLOPs ratio (fvcore, batch 1, at the measure's resolution), and is written as markdown beside
+the CSV by every run:
+
+    python bench/trial_time.py --out docs/bench/trial_time.csv [--rounds 3] [--backbones resnet50 mobilenetv2_100]
+    python bench/trial_time.py --out docs/bench/trial_time.csv --summary-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluators.fidelity import preset  # noqa: E402
+from evaluators.flops import measure  # noqa: E402
+from evaluators.latency import latency_ratio  # noqa: E402
+from evaluators.proxy import train_proxy  # noqa: E402
+from space import ArchConfig  # noqa: E402
+from space.build import build_model  # noqa: E402
+
+MEASURES = ("trial", "fwdbwd", "infer")
+INFER_RESOLUTION = 224
+COLUMNS = ["backbone", "measure", "round", "plain_s", "paper_s", "ratio", "threads", "torch", "date"]
+
+
+def _trial_s(arch: ArchConfig, seed: int) -> float:
+    start = time.perf_counter()
+    for _ in train_proxy(arch, fidelity="default", seed=seed):
+        pass
+    return time.perf_counter() - start
+
+
+def _fwdbwd_s(arch: ArchConfig, steps: int) -> float:
+    fid = preset("default")
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10).train()
+    x = torch.randn(fid.batch_size, 3, fid.resolution, fid.resolution)
+    times = []
+    for i in range(steps + 2):  # two warm-up steps
+        start = time.perf_counter()
+        model(x).logsumexp(1).mean().backward()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return statistics.median(times)
+
+
+def measure_round(backbone: str, what: str, round_: int, steps: int) -> dict:
+    """One round of ``what`` for ``backbone``: plain and paper default back to back, the order alternating."""
+    plain, paper = ArchConfig.baseline(backbone), ArchConfig.paper_default(backbone)
+    if what == "infer":
+        r = latency_ratio(paper, INFER_RESOLUTION, 1, threads=1, repeats=9, warmup=3, use_cache=False)
+        plain_s, paper_s = r.plain_ms / 1e3, r.config_ms / 1e3
+        ratio = r.ratio
+    else:
+        def run(arch: ArchConfig) -> float:
+            return _trial_s(arch, seed=0) if what == "trial" else _fwdbwd_s(arch, steps)
+
+        if round_ % 2:
+            paper_s, plain_s = run(paper), run(plain)
+        else:
+            plain_s, paper_s = run(plain), run(paper)
+        ratio = paper_s / plain_s
+    return {"backbone": backbone, "measure": what, "round": round_, "plain_s": plain_s, "paper_s": paper_s,
+            "ratio": ratio, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": datetime.date.today().isoformat()}
+
+
+def flops_ratio(backbone: str, what: str) -> float:
+    resolution = INFER_RESOLUTION if what == "infer" else preset("default").resolution
+    classes = 1000 if what == "infer" else 10
+    plain = measure(ArchConfig.baseline(backbone), resolution, classes).flops
+    return measure(ArchConfig.paper_default(backbone), resolution, classes).flops / plain
+
+
+def summary(df: pd.DataFrame) -> str:
+    """Markdown: per backbone and measure, the median paper/plain ratio over the rounds, its range, the FLOPs'."""
+    lines = ["| backbone | measure | rounds | plain (s, median) | paper default (s, median) | ratio, median "
+             "[min, max] | FLOPs ratio |", "|---|---|---:|---:|---:|---:|---:|"]
+    for (backbone, what), g in df.groupby(["backbone", "measure"], sort=False):
+        lines.append(f"| {backbone} | {what} | {len(g)} | {g.plain_s.median():.4g} | {g.paper_s.median():.4g} | "
+                     f"{g.ratio.median():.2f}× [{g.ratio.min():.2f}, {g.ratio.max():.2f}] | "
+                     f"{flops_ratio(backbone, what):.3f}× |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", nargs="+", default=["resnet50", "mobilenetv2_100"])
+    ap.add_argument("--measures", nargs="+", choices=MEASURES, default=list(MEASURES))
+    ap.add_argument("--rounds", type=int, default=3, help="rows per backbone and measure (default 3)")
+    ap.add_argument("--steps", type=int, default=7, help="timed fwd+bwd steps per model and round (default 7)")
+    ap.add_argument("--out", default="bench/out/trial_time.csv", help="raw rows (appended; resumed from)")
+    ap.add_argument("--summary-only", action="store_true")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1:
+        ap.error("--rounds and --steps must be at least 1")
+    out = Path(args.out)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)  # as a search's trials run: one CPU each
+    df = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=COLUMNS)
+    if not args.summary_only:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for backbone in args.backbones:
+            for what in args.measures:
+                done = set(df[(df.backbone == backbone) & (df.measure == what)]["round"].astype(int))
+                for r in range(args.rounds):
+                    if r in done:
+                        continue
+                    row = measure_round(backbone, what, r, args.steps)
+                    print(f"{backbone:<16} {what:<6} round {r}: plain {row['plain_s']:.4g} s, paper default "
+                          f"{row['paper_s']:.4g} s, ratio {row['ratio']:.3f}", flush=True)
+                    pd.DataFrame([row], columns=COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+                    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+    if df.empty:
+        print(f"no rows yet in {out}")
+        return 0
+    md = summary(df)
+    md_path = out.with_suffix(".md")
+    md_path.write_text(f"<!-- written by `python bench/trial_time.py --out {out} --summary-only` -->\n\n{md}\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
