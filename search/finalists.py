@@ -97,6 +97,13 @@ def _reruns(ledger: Ledger, phase: str) -> list[Launch]:
     return [ledger.launches[t] for t in ledger.unfinished_ids(replicates=True) if ledger.launches[t].phase == phase]
 
 
+def _finalist_order(ledger: Ledger, objectives: list[str], rule: str | None, unmeasured: float) -> list[str]:
+    """Completed configs in the order they become finalists (:func:`results.config_stats.finalists`), with the
+    noise band at ``unmeasured`` where no replicate has measured the noise yet."""
+    df = trials_frame(ledger.ordered_records())
+    return finalists(config_means(df, objectives), objectives, _band(df, objectives[0], unmeasured), rule=rule)
+
+
 def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | None = None,
                     rule: str | None = None) -> list[Launch]:
     """Replicates still to run: interrupted ones first (same ids), then those of finalists not yet replicated; at
@@ -105,11 +112,10 @@ def plan_replicates(ledger: Ledger, objectives: list[str], k: int, limit: int | 
     reruns = _reruns(ledger, REPLICATE)
     if k <= 0:
         return reruns
-    df = trials_frame(ledger.ordered_records())
     # The limit counts every config replicated in any round: replicating the front pulls its means back toward the
     # others (the winner's curse undone), which puts single draws on the front of the next round, and so on.
-    # Without a noise estimate, the first round is the references and the front: it measures the noise.
-    order = finalists(config_means(df, objectives), objectives, _band(df, objectives[0], 0.0), rule=rule)
+    # Without a noise estimate, the first round is the references and the front (a band of 0): it measures the noise.
+    order = _finalist_order(ledger, objectives, rule, 0.0)
     return reruns + _new_runs(ledger, order, k, limit, REPLICATE, "r")
 
 
@@ -121,12 +127,11 @@ def plan_verification(ledger: Ledger, objectives: list[str], k: int, limit: int 
     reruns = _reruns(ledger, VERIFY)
     if k <= 0:
         return reruns
-    df = trials_frame(ledger.ordered_records())
-    replicated = [launch.replicate_of for launch in ledger.launches.values() if launch.phase == REPLICATE]
-    # Without a noise estimate, the configs nearest the front fill the places the front leaves.
-    order = finalists(config_means(df, objectives), objectives, _band(df, objectives[0], math.inf), rule=rule)
+    # Without a noise estimate, the configs nearest the front fill the places the front leaves (an unbounded band).
+    order = _finalist_order(ledger, objectives, rule, math.inf)
+    replicated = {launch.replicate_of for launch in ledger.launches.values() if launch.phase == REPLICATE}
     if replicated:
-        order = [t for t in order if t in set(replicated) or ledger.launches[t].reference]
+        order = [t for t in order if t in replicated or ledger.launches[t].reference]
     return reruns + _new_runs(ledger, order, k, limit, VERIFY, "v")
 
 

@@ -15,7 +15,7 @@ from .attention import ATTENTION_TYPES
 from .backbones import BLOCK_PATTERNS, POSITIONS, num_stages, selected_blocks, slots
 from .scsa import GATES, PAPER_SETTING, POOLS, check_scsa_args
 
-SCSA_FIELDS = ("groups", "kernels", "window", "heads", "gate", "pool")
+SCSA_FIELDS = tuple(PAPER_SETTING)
 PAPER_SCSA = dict(PAPER_SETTING)
 
 

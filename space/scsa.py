@@ -25,6 +25,8 @@ Parameters follow the paper's count: 16·C per module with 4 groups and kernels 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +42,22 @@ _OFFICIAL_DWC = ("local_dwc", "global_dwc_s", "global_dwc_m", "global_dwc_l")
 _OFFICIAL_POOL = {"avg_pool": "avg", "max_pool": "max"}
 
 
-#: The paper's setting, and the defaults of :class:`SCSA` and :func:`check_scsa_args` (their one source).
-PAPER_SETTING: Mapping[str, object] = {"groups": 4, "kernels": (3, 5, 7, 9), "window": 7, "heads": 1,
-                                       "gate": "sigmoid", "pool": "avg"}
+@dataclass(frozen=True)
+class ScsaSetting:
+    """SCSA's searchable settings, typed; :data:`PAPER` holds the paper's."""
+
+    groups: int = 4
+    kernels: tuple[int, ...] = (3, 5, 7, 9)
+    window: int = 7
+    heads: int = 1
+    gate: str = "sigmoid"
+    pool: str = "avg"
+
+
+#: The paper's setting: the defaults of :class:`SCSA` and :func:`check_scsa_args` (their one source).
+PAPER = ScsaSetting()
+#: The same as a read-only mapping (for ``**`` and JSON).
+PAPER_SETTING: Mapping[str, object] = MappingProxyType(asdict(PAPER))
 
 
 def check_scsa_args(channels: int, **options: object) -> None:
@@ -108,12 +123,12 @@ class SCSA(nn.Module):
     def __init__(
         self,
         channels: int,
-        groups: int = PAPER_SETTING["groups"],  # type: ignore[assignment]
-        kernels: Sequence[int] = PAPER_SETTING["kernels"],  # type: ignore[assignment]
-        window: int = PAPER_SETTING["window"],  # type: ignore[assignment]
-        heads: int = PAPER_SETTING["heads"],  # type: ignore[assignment]
-        gate: str = PAPER_SETTING["gate"],  # type: ignore[assignment]
-        pool: str = PAPER_SETTING["pool"],  # type: ignore[assignment]
+        groups: int = PAPER.groups,
+        kernels: Sequence[int] = PAPER.kernels,
+        window: int = PAPER.window,
+        heads: int = PAPER.heads,
+        gate: str = PAPER.gate,
+        pool: str = PAPER.pool,
         attn_drop: float = 0.0,
         qkv_bias: bool = False,
     ) -> None:
