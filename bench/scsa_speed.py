@@ -189,21 +189,16 @@ def block_shapes(backbone: str, resolution: int) -> list[tuple[int, int, nn.Modu
 
 
 def infer_ms(modules: list[nn.Module], xs: list[torch.Tensor], repeats: int) -> list[float]:
-    """Median inference milliseconds (eval, no grad) of each module on its input, interleaved as in
-    :func:`time_pair`."""
-    for m in modules:
-        m.eval()
-    times: list[list[float]] = [[] for _ in modules]
+    """Median inference milliseconds (eval, no grad) of two modules on their inputs, interleaved (the latency
+    objective's own ``interleaved_times``)."""
+    from evaluators.latency import interleaved_times
+
+    (a, b), (xa, xb) = modules, xs
+    a.eval(), b.eval()
     with torch.inference_mode():
-        for rep in range(repeats + 2):
-            for m, x, ts in zip(modules, xs, times, strict=True):
-                t0 = time.perf_counter()
-                m(x)
-                if rep >= 2:  # warm-up
-                    ts.append(time.perf_counter() - t0)
-    for m in modules:
-        m.train()
-    return [1e3 * statistics.median(ts) for ts in times]
+        times = interleaved_times(lambda: a(xa), lambda: b(xb), repeats, warmup=2)
+    a.train(), b.train()
+    return [statistics.median(ts) for ts in times]
 
 
 def backbone_rows(backbone: str, resolution: int, batch: int, repeats: int, dev: torch.device) -> None:

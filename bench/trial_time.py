@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import statistics
 import sys
 import time
@@ -118,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.steps < 1:
         ap.error("--rounds and --steps must be at least 1")
     out = Path(args.out)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)  # as a search's trials run: one CPU each
     df = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=COLUMNS)
     if not args.summary_only:
