@@ -62,10 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     how = ap.add_argument_group("search strategy")
     how.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {D['sampler']})")
     how.add_argument("--population-size", type=positive_int("NSGA-II population"),
-                     metavar="N", help=f"NSGA-II population (default: a quarter of the budget, between "
+                     metavar="N", help=f"NSGA-II population (default: a tenth of the budget, between "
                      f"{default_population(0)} and {default_population(10**9)})")
     how.add_argument("--seed", type=integer, metavar="S",
                      help=f"seed of the sampler and of every proxy training (default {D['seed']})")
+    how.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None,
+                     help="after the two references, train the single-stage configs (the paper's SCSA in one stage "
+                     f"at a time) before the sampler proposes (default {'on' if D['warm_start'] else 'off'})")
     how.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                      help="multi-objective ASHA: stop trials not in the top 1/eta by non-dominated rank at a rung "
                      f"(default {'on' if D['early_stopping'] else 'off'})")

@@ -19,36 +19,62 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
     return x.rank().corr(y.rank())
 
 
-def bootstrap_spearman(draws: list[pd.Series] | pd.Series, y: pd.Series, reps: int = 2000, seed: int = 0,
-                       confidence: float = 0.95) -> tuple[float, float, float, int]:
-    """The mean Spearman of each of ``draws`` (series over configs) with ``y``, on the configs all share, its
-    percentile bootstrap interval over configs (the same resample of configs for every draw; a resample with fewer
-    than 3 distinct configs is skipped), and the number of configs."""
+def _ranks(x):
+    """Average ranks (ties share the mean of their ranks) along the last axis; written out with NumPy because the
+    bootstrap needs thousands of resamples at once (pandas ranks one series at a time)."""
+
+    less = (x[..., None, :] < x[..., :, None]).sum(-1)
+    equal = (x[..., None, :] == x[..., :, None]).sum(-1)
+    return less + (equal + 1) / 2.0
+
+
+def _rows_spearman(a, b):
+    """Spearman of each row of ``a`` with the same row of ``b`` (NaN where a row is constant)."""
+    import numpy as np
+
+    ra, rb = _ranks(a), _ranks(b)
+    ra = ra - ra.mean(-1, keepdims=True)
+    rb = rb - rb.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(-1) / np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+
+
+def bootstrap_spearman(draws: list[pd.Series] | pd.Series, y: list[pd.Series] | pd.Series, reps: int = 2000,
+                       seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """The mean Spearman over every pair of one of ``draws`` and one of ``y`` (series over configs), on the configs
+    all share, its percentile bootstrap interval over configs (the same resample of configs for every pair; a
+    resample with fewer than 3 distinct configs is skipped), and the number of configs."""
     import numpy as np
 
     draws = [draws] if isinstance(draws, pd.Series) else list(draws)
-    common = y.dropna().index
-    for d in draws:
+    ys = [y] if isinstance(y, pd.Series) else list(y)
+    common = ys[0].dropna().index
+    for d in [*draws, *ys[1:]]:
         common = common.intersection(d.dropna().index)
-    xs = [d[common].to_numpy(dtype=float) for d in draws]
-    b = y[common].to_numpy(dtype=float)
+    xs = np.array([d[common].to_numpy(dtype=float) for d in draws])
+    bs = np.array([v[common].to_numpy(dtype=float) for v in ys])
+    n = len(common)
 
-    def rho(pick) -> float:
-        return float(np.mean([spearman(pd.Series(a[pick]), pd.Series(b[pick])) for a in xs]))
+    def rho(picks):  # picks: (m, n) resamples -> (m,) mean Spearman over the pairs
+        values = [_rows_spearman(a[picks], b[picks]) for a in xs for b in bs]
+        return np.nanmean(np.array(values), axis=0) if values else np.full(len(picks), np.nan)
 
-    point = rho(np.arange(len(b)))
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(reps):
-        pick = rng.integers(0, len(b), len(b))
-        if len(set(pick)) >= 3:
-            r = rho(pick)
-            if not math.isnan(r):
-                boot.append(r)
-    if not boot:
-        return point, math.nan, math.nan, len(b)
+    point = float(rho(np.arange(n)[None, :])[0]) if n >= 3 else math.nan
+    if n < 3:
+        return point, math.nan, math.nan, n
+    picks = np.random.default_rng(seed).integers(0, n, (reps, n))
+    picks = picks[[len(set(p)) >= 3 for p in picks]]
+    with np.errstate(invalid="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample where one side is constant: NaN, left out
+            boot = rho(picks)
+    boot = boot[~np.isnan(boot)]
+    if not len(boot):
+        return point, math.nan, math.nan, n
     lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return point, float(lo), float(hi), len(b)
+    return point, float(lo), float(hi), n
 
 
 def kendall_tau_b(x: list[float], y: list[float]) -> float:
@@ -98,15 +124,16 @@ def long_reference(df: pd.DataFrame) -> tuple[pd.Series, float]:
 
 def ablation(df: pd.DataFrame, long: pd.Series, variants: dict[str, tuple[str, int]]) -> pd.DataFrame:
     """One row per variant x score: mean Spearman and Kendall of a single trial's score with the long-run mean
-    (averaged over draws), the number of draws and configs, and CPU seconds per trial. ``variants``: name ->
-    (knob, seeds averaged per trial)."""
+    (averaged over draws) with the 95 % bootstrap interval over configs of that Spearman (``lo``, ``hi``), the
+    number of draws and configs, and CPU seconds per trial. ``variants``: name -> (knob, seeds averaged per
+    trial)."""
     rows = []
     for variant in [v for v in variants if v in set(df.variant)]:
         knob, k = variants[variant]
         cpu = df[(df.kind == "proxy") & (df.variant == variant)].groupby(df.seed.astype(int)).cpu_s.mean().mean()
         cpu *= k
         for score in SCORES:
-            rhos, taus, n = [], [], 0
+            rhos, taus, kept = [], [], []
             for s in replicate_draws(df, variant, score, k).values():
                 common = long.index.intersection(s.dropna().index)
                 if len(common) < 4:
@@ -114,11 +141,12 @@ def ablation(df: pd.DataFrame, long: pd.Series, variants: dict[str, tuple[str, i
                 a, b = signed(s[common], score), long[common]
                 rhos.append(spearman(a, b))
                 taus.append(kendall_tau_b(list(a), list(b)))
-                n = len(common)
+                kept.append(a)
             if rhos:
+                _, lo, hi, n = bootstrap_spearman(kept, long)
                 rows.append({"variant": variant, "knob": knob, "score": score,
-                             "rho": sum(rhos) / len(rhos), "rho_min": min(rhos), "rho_max": max(rhos),
-                             "tau": sum(taus) / len(taus), "draws": len(rhos), "configs": n, "cpu_s": cpu})
+                             "rho": sum(rhos) / len(rhos), "rho_min": min(rhos), "rho_max": max(rhos), "lo": lo,
+                             "hi": hi, "tau": sum(taus) / len(taus), "draws": len(rhos), "configs": n, "cpu_s": cpu})
     return pd.DataFrame(rows)
 
 

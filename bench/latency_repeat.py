@@ -9,10 +9,12 @@ does not line up with the config order twice). With ``--absolute`` the absolute 
 
 Printed: per config both ratios and their relative difference; then the run-to-run spread (median and max of
 ``|a - b| / mean(a, b)`` over the configs other than the plain backbone, whose ratio is 1 by definition) and the
-Spearman correlation between the two runs.
+Spearman correlation between the two runs with its 95 % bootstrap interval over configs. ``--summary-only``
+prints the same from the rows of ``--csv``.
 
     python bench/latency_repeat.py                                      # full size: 224 px, 10 rounds, 12 configs
     python bench/latency_repeat.py --resolution 32 --repeats 3 --configs 4 --warmup 1      # a wiring check
+    python bench/latency_repeat.py --csv docs/bench/latency_repeat.csv --summary-only
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fidelity_stats import bootstrap_spearman  # noqa: E402
+
 from evaluators.latency import latency_ratio, measure_latency  # noqa: E402
 from space import ArchConfig, SearchSpace, StageConfig  # noqa: E402
 from space.backbones import num_stages  # noqa: E402
@@ -48,11 +52,29 @@ def configs(backbone: str) -> list[tuple[str, ArchConfig]]:
     return out
 
 
-def spread(a: pd.Series, b: pd.Series, names: pd.Series) -> tuple[float, float, float]:
-    """Median and max relative difference (plain backbone left out), and the Spearman correlation."""
+def spread(a: pd.Series, b: pd.Series, names: pd.Series) -> tuple[float, float, float, float, float]:
+    """Median and max relative difference (plain backbone left out), and the Spearman correlation with its 95 %
+    bootstrap interval over configs."""
     rel = ((a - b).abs() / ((a + b) / 2))[names != "plain"]
-    rho = a.rank().corr(b.rank())
-    return float(rel.median()), float(rel.max()), float(rho)
+    rho, lo, hi, _ = bootstrap_spearman(a, b)
+    return float(rel.median()), float(rel.max()), rho, lo, hi
+
+
+def summarise(df: pd.DataFrame) -> None:
+    print(f"{'config':<14} {'ratio a':>8} {'ratio b':>8} {'rel diff':>9}")
+    for _, row in df.iterrows():
+        rel = abs(row.ratio_a - row.ratio_b) / ((row.ratio_a + row.ratio_b) / 2)
+        print(f"{row.config:<14} {row.ratio_a:8.4f} {row.ratio_b:8.4f} {100 * rel:8.2f}%")
+    kinds = [("ratio to the plain backbone (interleaved)", "ratio")]
+    if "median_ms_a" in df:
+        kinds.append(("absolute median ms (each config alone)", "median_ms"))
+    for label, col in kinds:
+        med, worst, rho, lo, hi = spread(df[f"{col}_a"], df[f"{col}_b"], df["config"])
+        print(f"{label}: run-to-run difference median {100 * med:.2f} %, max {100 * worst:.2f} %; "
+              f"Spearman {rho:+.3f} (95 % bootstrap interval over configs {lo:+.2f} .. {hi:+.2f}, n={len(df)})")
+    ratios = [r for r in df["ratio_a"].tolist() + df["ratio_b"].tolist() if r != 1.0]
+    if ratios:
+        print(f"ratios span {min(ratios):.4f} .. {max(ratios):.4f} (median {statistics.median(ratios):.4f})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--absolute", action="store_true", help="also measure absolute medians twice, for comparison")
     ap.add_argument("--csv", default=None, help="write the raw rows here (e.g. docs/bench/latency_repeat.csv)")
+    ap.add_argument("--summary-only", action="store_true", help="measure nothing: summarise the rows of --csv")
     args = ap.parse_args(argv)
+    if args.summary_only:
+        if not args.csv or not Path(args.csv).exists():
+            ap.error("--summary-only needs --csv FILE with the rows of an earlier run")
+        summarise(pd.read_csv(args.csv))
+        return 0
     chosen = configs(args.backbone)[: max(1, args.configs)]
     kw = dict(resolution=args.resolution, batch=args.batch, device=args.device, repeats=args.repeats,
               warmup=args.warmup, threads=args.threads)
@@ -85,20 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.backbone} at {args.resolution} px, batch {args.batch}, {args.threads} thread(s), "
           f"{args.repeats} rounds + {args.warmup} warm-up, torch {torch.__version__}, "
           f"{time.perf_counter() - start:.0f} s")
-    print(f"{'config':<14} {'ratio a':>8} {'ratio b':>8} {'rel diff':>9}")
-    for _, row in df.iterrows():
-        rel = abs(row.ratio_a - row.ratio_b) / ((row.ratio_a + row.ratio_b) / 2)
-        print(f"{row.config:<14} {row.ratio_a:8.4f} {row.ratio_b:8.4f} {100 * rel:8.2f}%")
-    kinds = [("ratio to the plain backbone (interleaved)", "ratio")]
-    if args.absolute:
-        kinds.append(("absolute median ms (each config alone)", "median_ms"))
-    for label, col in kinds:
-        med, worst, rho = spread(df[f"{col}_a"], df[f"{col}_b"], df["config"])
-        print(f"{label}: run-to-run difference median {100 * med:.2f} %, max {100 * worst:.2f} %; "
-              f"Spearman {rho:+.3f} (n={len(df)})")
-    ratios = [r for r in df["ratio_a"].tolist() + df["ratio_b"].tolist() if r != 1.0]
-    if ratios:
-        print(f"ratios span {min(ratios):.4f} .. {max(ratios):.4f} (median {statistics.median(ratios):.4f})")
+    summarise(df)
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         df.assign(backbone=args.backbone, resolution=args.resolution, batch=args.batch, threads=args.threads,

@@ -1,7 +1,8 @@
 """Does the proxy rank configs the way longer training does? Spearman and Kendall per variant, score and backbone.
 
-For a fixed, diverse set of configs per backbone (built in: 12 resnet50 and 10 mobilenetv2_100 configs, the two
-references, SCSA per stage group and slot, SE/ECA/CBAM and samples of the space; or ``--configs-file``), train
+For a fixed, diverse set of configs per backbone (:data:`CONFIGS_FILE`: 20 resnet50 and 20 mobilenetv2_100
+configs, the two references, SCSA per stage group and slot, SE/ECA/CBAM and samples of the space; or
+``--configs-file``), train
 each with a 10x longer schedule (the reference ranking, two seeds each, ranked by their mean) and with every
 proxy *variant*: one fidelity knob changed at a time (validation images, training images, epochs, resolution,
 batch size, or k seeds at 1/k of the budget each), at about the CPU time of one ``default`` trial. Every run
@@ -52,7 +53,7 @@ from evaluators.fidelity import scaled  # noqa: E402
 from evaluators.proxy import PRESETS, Fidelity, preset  # noqa: E402
 from evaluators.scores import SCORES, verification_score  # noqa: E402
 from results.noise import interval, pooled_sd  # noqa: E402
-from space import ArchConfig, SearchSpace, StageConfig  # noqa: E402
+from space import ArchConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 BACKBONES = ("resnet50", "mobilenetv2_100")
@@ -108,56 +109,17 @@ for _n in (3, 5, 10):
         if getattr(BASE, k) != v and k != "rung_sd"}, replicates=2)
 
 
-def builtin_configs() -> list[tuple[str, ArchConfig]]:
-    """The built-in set: per backbone the two references, SCSA per stage group and slot, SE/ECA/CBAM, samples."""
-    items: list[tuple[str, ArchConfig]] = []
-    bb = "resnet50"
-    none, scsa = StageConfig(), StageConfig.scsa()
-    items += [
-        ("baseline", ArchConfig.baseline(bb)),
-        ("paper_default", ArchConfig.paper_default(bb)),
-        ("scsa_stage4_only", ArchConfig(bb, (none, none, none, scsa))),
-        ("scsa_stage12_only", ArchConfig(bb, (scsa, scsa, none, none))),
-        ("se_end_all", ArchConfig(bb, (StageConfig("se", "end", "all"),) * 4)),
-        ("eca_end_all", ArchConfig(bb, (StageConfig("eca", "end", "all"),) * 4)),
-        ("cbam_end_all", ArchConfig(bb, (StageConfig("cbam", "end", "all"),) * 4)),
-        ("scsa_end_all", ArchConfig(bb, (StageConfig.scsa(position="end"),) * 4)),
-        ("scsa_global_4heads_softmax", ArchConfig(bb, (StageConfig.scsa(window=-1, heads=4, gate="softmax"),) * 4)),
-        ("scsa_alternate_g8", ArchConfig(bb, (StageConfig.scsa(blocks="alternate", groups=8,
-                                                               kernels=(3, 3, 5, 5, 7, 7, 9, 9)),) * 4)),
-    ]
-    items += _samples(bb, 2, [a for _, a in items])
-    bb = "mobilenetv2_100"
-    n = 7
-    mobile = [
-        ("baseline", ArchConfig.baseline(bb)),
-        ("paper_default", ArchConfig.paper_default(bb)),
-        ("scsa_stages1-4", ArchConfig(bb, (scsa,) * 4 + (none,) * (n - 4))),
-        ("scsa_stages5-7", ArchConfig(bb, (none,) * 4 + (scsa,) * (n - 4))),
-        ("scsa_end_all", ArchConfig(bb, (StageConfig.scsa(position="end"),) * n)),
-        ("se_end_all", ArchConfig(bb, (StageConfig("se", "end", "all"),) * n)),
-        ("eca_end_all", ArchConfig(bb, (StageConfig("eca", "end", "all"),) * n)),
-        ("cbam_end_all", ArchConfig(bb, (StageConfig("cbam", "end", "all"),) * n)),
-    ]
-    mobile += _samples(bb, 2, [a for _, a in mobile])
-    return [(f"{a.backbone}/{name}", a) for name, a in items + mobile]
-
-
-def _samples(backbone: str, count: int, taken: list[ArchConfig]) -> list[tuple[str, ArchConfig]]:
-    space, out, seed = SearchSpace(backbone), [], 0
-    while len(out) < count:
-        arch = space.sample(seed)
-        if arch not in taken:
-            out.append((f"sample{seed}", arch))
-            taken.append(arch)
-        seed += 1
-    return out
+#: The set of configs the committed rows were trained on, 20 per backbone: the two references, SCSA per stage group
+#: and slot, SE/ECA/CBAM (resnet50 also SCSA's global window, 8 groups at every other block), and samples of the
+#: search space (``space<seed>``: ``SearchSpace(backbone).sample(seed)`` when the set grew from 12 and 10 configs to
+#: 20; ``sample0``/``sample1`` are two samples of the space as it was when the benchmark started). A config is
+#: identified by its name in the rows, so the file, not the space, fixes what a name means.
+CONFIGS_FILE = Path(__file__).resolve().parents[1] / "docs" / "bench" / "proxy_fidelity_configs.json"
 
 
 def load_configs(path: str | None) -> list[tuple[str, ArchConfig]]:
-    """``--configs-file``: a JSON list of ``{"name": ..., "config": ArchConfig dict}``; else the built-in set."""
-    if path is None:
-        return builtin_configs()
+    """``--configs-file``: a JSON list of ``{"name": ..., "config": ArchConfig dict}``; else :data:`CONFIGS_FILE`."""
+    path = path or str(CONFIGS_FILE)
     try:
         items = json.loads(Path(path).read_text())
         if not isinstance(items, list) or not items:
@@ -169,6 +131,17 @@ def load_configs(path: str | None) -> list[tuple[str, ArchConfig]]:
     if len(set(names)) != len(names):
         raise SystemExit(f"error: --configs-file {path}: names must be unique")
     return out
+
+
+def check_rows(df: pd.DataFrame, items: list[tuple[str, ArchConfig]]) -> None:
+    """Refuse rows that a config name of ``items`` labels but that trained another config: the name is what the
+    statistics join on, so such rows would compare two architectures as one."""
+    meant = dict(items)
+    for name, rows in df[df.config.isin(meant) & df.config_json.notna()].groupby("config"):
+        wrong = [int(i) for i, j in rows.config_json.items() if ArchConfig.from_json(j) != meant[name]]
+        if wrong:
+            raise SystemExit(f"error: {len(wrong)} row(s) of {name} (e.g. row {wrong[0] + 2} of the CSV) trained "
+                             f"another config than the set names; remove them or give the set they belong to")
 
 
 # ------------------------------------------------------------------------------------------------------- running
@@ -269,13 +242,15 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
             s = part[part.kind == kind].groupby("config").accuracy.mean()
             common = long.index.intersection(s.index)
             if len(common) >= 4:
-                lines.append(f"{kind:>12}: Spearman {spearman(s[common], long[common]):+.3f} (n={len(common)})")
+                rho, lo, hi, n = bootstrap_spearman(s[common], long[common])
+                lines.append(f"{kind:>12}: Spearman {rho:+.3f} ({lo:+.2f} .. {hi:+.2f}) (n={n})")
     return "\n".join(lines)
 
 
 def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
     """The ablation as one markdown table: per variant, its knob, draws and CPU seconds per trial (on the first
-    backbone), and per backbone the mean Spearman of a single trial with the long run for each score."""
+    backbone), and per backbone the mean Spearman of a single trial with the long run for each score, with its
+    95 % bootstrap interval over configs."""
     scores = ("accuracy", "val_loss", "loss", "tse_ema")
     tables = {}
     for bb in backbones:
@@ -295,7 +270,8 @@ def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
         for table in tables.values():
             for sc in scores:
                 hit = table[(table.variant == variant) & (table.score == sc)]
-                cells.append(f"{hit.rho.iloc[0]:+.2f}" if len(hit) else "")
+                cells.append(f"{hit.rho.iloc[0]:+.2f} ({hit.lo.iloc[0]:+.2f}..{hit.hi.iloc[0]:+.2f})"
+                             if len(hit) else "")
         lines.append(f"| `{variant}` | {mine.knob} | {mine.draws} | {mine.cpu_s:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -321,10 +297,12 @@ def verification_table(df: pd.DataFrame, backbones: list[str]) -> tuple[pd.DataF
             continue
         long_runs = part[part.kind == "long"]
         by_seed = long_runs.pivot_table(index="config", columns="seed", values="accuracy")
-        if {0, 1} <= set(by_seed.columns):
+        singles = [by_seed[s] for s in (0, 1) if s in by_seed.columns]
+        if len(singles) == 2:
             rho, lo, hi, n = bootstrap_spearman(by_seed[0], by_seed[1])
             rows.append({"backbone": bb, "fidelity": "long run, seed 0 vs seed 1 (the bar)", "score": "accuracy",
-                         "seeds": 1, "configs": n, "rho": rho, "lo": lo, "hi": hi, "cpu_s": long_runs.cpu_s.mean()})
+                         "seeds": 1, "configs": n, "rho": math.nan, "lo": math.nan, "hi": math.nan, "rho1": rho,
+                         "lo1": lo, "hi1": hi, "cpu_s": long_runs.cpu_s.mean()})
         runs_of = [("default", 1, score, "proxy (`default`), one seed"),
                    ("default", 2, score, "proxy (`default`), mean of 2 seeds")]
         for v in CANDIDATES:
@@ -343,16 +321,25 @@ def verification_table(df: pd.DataFrame, backbones: list[str]) -> tuple[pd.DataF
             rho, lo, hi, n = bootstrap_spearman(draws, long)
             if n < 4:
                 continue
+            # like for like with the bar: against each long seed alone, as the bar's seeds are against each other
+            rho1, lo1, hi1, _ = bootstrap_spearman(draws, singles) if singles else (math.nan,) * 4
             rows.append({"backbone": bb, "fidelity": label, "score": by, "seeds": k, "configs": n, "rho": rho,
-                         "lo": lo, "hi": hi, "cpu_s": runs.cpu_s.mean() * k, "draws": len(draws)})
+                         "lo": lo, "hi": hi, "rho1": rho1, "lo1": lo1, "hi1": hi1, "cpu_s": runs.cpu_s.mean() * k,
+                         "draws": len(draws)})
     table = pd.DataFrame(rows)
-    md = ["| backbone | fidelity | ranked by | configs | draws | Spearman with the long run | 95 % bootstrap interval "
-          "over configs | CPU s per config |", "|---|---|---|---:|---:|---:|---|---:|"]
+    md = ["| backbone | fidelity | ranked by | configs | draws | Spearman with one long seed (like the bar) | "
+          "with the long run's 2-seed mean | CPU s per config |", "|---|---|---|---:|---:|---|---|---:|"]
+
+    def cell(rho: float, lo: float, hi: float) -> str:
+        return "—" if math.isnan(rho) else f"**{rho:+.2f}** ({lo:+.2f} .. {hi:+.2f})"
+
     for r in table.itertuples():
         draws = "" if pd.isna(getattr(r, "draws", math.nan)) else int(r.draws)
-        md.append(f"| {r.backbone} | {r.fidelity} | {r.score} | {r.configs} | {draws} | {r.rho:+.2f} | {r.lo:+.2f} "
-                  f".. {r.hi:+.2f} | {r.cpu_s:.0f} |")
-    return table, "\n".join(md) + "\n"
+        md.append(f"| {r.backbone} | {r.fidelity} | {r.score} | {r.configs} | {draws} | {cell(r.rho1, r.lo1, r.hi1)} "
+                  f"| {cell(r.rho, r.lo, r.hi)} | {r.cpu_s:.0f} |")
+    return table, "\n".join(md) + "\n" + (
+        "\nIn brackets: the 95 % percentile bootstrap interval over configs (resampled with replacement, 2,000 "
+        "times; the same resample for every pair of draws averaged).\n")
 
 
 def plot(df: pd.DataFrame, path: Path, backbones: list[str]) -> None:
@@ -402,6 +389,7 @@ def main() -> None:
     df = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["config", "backbone", "kind", "variant", "seed"])
     df["variant"] = df["variant"].astype(object).fillna("")
     items = [(n, a) for n, a in load_configs(args.configs_file) if a.backbone in args.backbones]
+    check_rows(df, items)
 
     def save(rows: list[dict]) -> None:
         nonlocal df

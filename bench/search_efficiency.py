@@ -47,17 +47,26 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling efficiency_verified, also when imported
+from efficiency_verified import canonical, needed, run_measurements, time_to, verified  # noqa: E402
+
 from results.frame import read_trials  # noqa: E402
 from results.noise import interval  # noqa: E402
 from results.pareto import hypervolume, loss_name, pareto_front, reference_point, to_loss  # noqa: E402
+from results.schema import BEST_JSON, CONFIG_JSON  # noqa: E402
+from space import ArchConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 VARIANTS = {
     "nsga2-es": ["--sampler", "nsga2", "--early-stopping"],
     "nsga2": ["--sampler", "nsga2", "--no-early-stopping"],
     "tpe-es": ["--sampler", "tpe", "--early-stopping"],
+    "tpe-es-warm": ["--sampler", "tpe", "--early-stopping", "--warm-start"],
     "random": ["--sampler", "random", "--no-early-stopping"],
 }
+#: What a benchmark runs unless told: the candidates for the default (``nsga2`` without early stopping is in the
+#: earlier rows only).
+RUN_VARIANTS = ["random", "nsga2-es", "tpe-es", "tpe-es-warm"]
 DEFAULT_VARIANT, RANDOM_VARIANT = "nsga2-es", "random"
 #: Trial budget of a time-budgeted run: more than any run can launch in its time, so the time budget ends it.
 UNREACHED_BUDGET = 10_000
@@ -134,7 +143,9 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict, pd
     budget = UNREACHED_BUDGET if args.time_budget else args.budget
     cmd = [sys.executable, str(ROOT / "run_search.py"), "--backbone", args.backbone, "--proxy", args.proxy,
            "--budget", str(budget), "--seed", str(seed), "--max-concurrent", str(args.max_concurrent),
-           "--out", str(run_dir), "--replicates", "0", *VARIANTS[variant]]
+           "--out", str(run_dir), "--replicates", "0", "--verify", "off", *VARIANTS[variant]]
+    if variant.startswith("nsga2") and args.population_size:
+        cmd += ["--population-size", str(args.population_size)]
     if args.time_budget:
         cmd += ["--time-budget", f"{args.time_budget:g}"]
     if args.objectives:
@@ -148,11 +159,14 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict, pd
     df = read_trials(run_dir)
     objectives = run_objectives(run_dir)
     ends = finish_times(run_dir, started)
+    configs = df[CONFIG_JSON].map(canonical)
+    chosen = canonical(ArchConfig.from_dict(json.loads((run_dir / BEST_JSON).read_text())))
     trials = pd.DataFrame({
         "variant": variant, "seed": seed, "backbone": args.backbone, "proxy": args.proxy, "budget": budget,
         "time_budget_min": args.time_budget, "trial_id": df["trial_id"].astype(str), "status": df["status"],
         "reference": df["reference"].astype("string").fillna(""), objectives[0]: df[objectives[0]],
         objectives[1]: df[objectives[1]], "finished_s": df["trial_id"].astype(str).map(ends).round(1),
+        "chosen": configs == chosen, CONFIG_JSON: configs,
     })
     counts = df["status"].value_counts().to_dict()
     useful = proxy_seconds(run_dir)
@@ -162,6 +176,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict, pd
         "trials": len(df), "completed": counts.get("completed", 0), "stopped": counts.get("stopped", 0),
         "failed": counts.get("failed", 0), "wall_s": round(wall, 1), "proxy_s": round(useful, 1),
         "max_concurrent": args.max_concurrent,
+        "population_size": args.population_size if variant.startswith("nsga2") else None,
         "overhead_share": round(1 - useful / (wall * args.max_concurrent), 4),
         "front_size": len(pareto_front(df, objectives[:2])), "hv_gain": gain_hypervolume(df, objectives[:2]),
         "run_dir": str(run_dir.relative_to(ROOT)),
@@ -317,6 +332,59 @@ def summarise_time(table: pd.DataFrame, trials: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def verified_frame(table: pd.DataFrame, trials: pd.DataFrame, measured: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per run of ``table``: its verified figures (:func:`efficiency_verified.verified`) beside its single-draw
+    ``hv_gain``; runs whose measurements are incomplete are left out."""
+    rows = []
+    for row in table.itertuples(index=False):
+        mine = trials[(trials.variant == row.variant) & (trials.seed == row.seed)]
+        if CONFIG_JSON not in mine or mine[CONFIG_JSON].isna().any():
+            continue  # rows of the earlier benchmark: no configs to measure
+        got = verified(mine, str(row.objectives).split(",")[:2], measured, row.backbone, int(row.seed), k)
+        if got is not None:
+            rows.append({"variant": row.variant, "seed": int(row.seed), "hv_gain": float(row.hv_gain), **got})
+    return pd.DataFrame(rows)
+
+
+def _verdict(iv) -> str:
+    if math.isnan(iv.half):
+        return "one seed: no interval"
+    return "not distinguishable" if iv.low <= 0 <= iv.high else ("better" if iv.low > 0 else "worse")
+
+
+def verified_markdown(v: pd.DataFrame, against: str = RANDOM_VARIANT) -> str:
+    """The verified comparison as markdown: per variant, the verified gain of its chosen config and the verified
+    ``hv_gain`` of its front (means over seeds with 95 % t-intervals), their paired differences from ``against``
+    (same seeds), the time to reach ``against``'s final verified ``hv_gain``, and the single-draw ``hv_gain``."""
+    lines = ["| variant | seeds | chosen config's verified gain (val_loss) | verified hv_gain x1e-3 | "
+             f"gain − {against}'s | hv_gain − {against}'s (x1e-3) | time to {against}'s final verified hv_gain | "
+             "plain backbone chosen | single-draw hv_gain x1e-3 |", "|---|---:|---|---|---|---|---|---:|---|"]
+    base = v[v.variant == against].set_index("seed")
+    for variant in [x for x in VARIANTS if x in set(v.variant)]:
+        rows = v[v.variant == variant].sort_values("seed")
+        gain, hv, single = interval(rows.v_gain), interval(rows.v_hv_gain), interval(rows.hv_gain)
+        common = [s for s in rows.seed if s in base.index]
+        mine = rows.set_index("seed")
+        if variant == against or not common:
+            d_gain = d_hv = reach = "—"
+        else:
+            dg = interval([mine.loc[s, "v_gain"] - base.loc[s, "v_gain"] for s in common])
+            dh = interval([mine.loc[s, "v_hv_gain"] - base.loc[s, "v_hv_gain"] for s in common])
+            d_gain, d_hv = f"{dg.format(digits=4)} ({_verdict(dg)})", f"{dh.format(1e3)} ({_verdict(dh)})"
+            ratios = []
+            for s in common:
+                target = float(base.loc[s, "v_hv_gain"])
+                theirs = time_to(base.loc[s, "curve"], target)
+                if target > 0 and math.isfinite(theirs):
+                    ratios.append(time_to(mine.loc[s, "curve"], target) / theirs)
+            finite = [r for r in ratios if math.isfinite(r)]
+            reach = (f"x{_geomean(finite):.2f} (geomean of {len(finite)}; never on {len(ratios) - len(finite)})"
+                     if ratios else "— (random found nothing)")
+        lines.append(f"| {variant} | {len(rows)} | {gain.format(digits=4)} | {hv.format(1e3)} | {d_gain} | {d_hv} | "
+                     f"{reach} | {int(rows.chosen_is_plain.sum())} of {len(rows)} | {single.format(1e3)} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_anytime(table: pd.DataFrame, trials: pd.DataFrame, path: Path) -> Path:
     """``hv_gain`` against wall time, each run's curve divided by random search's final ``hv_gain`` of the same
     seed (the seeds' boxes differ in size: each is set by that seed's draw of the plain backbone), so 1 is where
@@ -370,6 +438,18 @@ def plot_anytime(table: pd.DataFrame, trials: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def measure(table: pd.DataFrame, trials: pd.DataFrame, key: dict, args: argparse.Namespace, out: Path) -> None:
+    """Train again what one run's answer rests on (:mod:`efficiency_verified`), unless ``--no-measure``."""
+    if args.no_measure:
+        return
+    mine = trials[_same_run(trials, key)]
+    if CONFIG_JSON not in mine or mine.empty or mine[CONFIG_JSON].isna().any():
+        return
+    objectives = str(table[_same_run(table, key)].objectives.iloc[0]).split(",")[:2]
+    todo = needed(mine, objectives, args.backbone, int(key["seed"]), args.measure_seeds)
+    run_measurements(todo, args.proxy, args.verify, args.backbone, out, args.max_concurrent)
+
+
 def _same_run(table: pd.DataFrame, key: dict) -> pd.Series:
     mask = pd.Series(True, index=table.index)
     for column, value in key.items():
@@ -393,8 +473,14 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=50, help="trials per run, without --time-budget")
     ap.add_argument("--objectives", help="passed to the search (default: its own, the preset's score and GFLOPs)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=RUN_VARIANTS)
     ap.add_argument("--max-concurrent", type=int, default=2)
+    ap.add_argument("--population-size", type=int, default=12,
+                    help="NSGA-II's population in the nsga2 variants (default 12: about 10 generations in the "
+                         "110-160 trials a 10-minute mobilenetv2_100 run completes; 0: the search's own default)")
+    ap.add_argument("--verify", default="3x", help="fidelity the runs' answers are measured at (default 3x)")
+    ap.add_argument("--measure-seeds", type=int, default=2, help="fresh paired seeds per measured config")
+    ap.add_argument("--no-measure", action="store_true", help="single-draw figures only (the earlier form)")
     ap.add_argument("--out", default=str(OUT / "search_efficiency.csv"))
     ap.add_argument("--png", help="the anytime curve (equal-time form)")
     ap.add_argument("--summary-only", action="store_true")
@@ -402,6 +488,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     trials_out = out.with_name(f"{out.stem}_trials.csv")
+    measured_out = out.with_name(f"{out.stem}_measured.csv")
     table = pd.read_csv(out) if out.exists() else pd.DataFrame()
     trials = pd.read_csv(trials_out) if trials_out.exists() else pd.DataFrame()
     key = {"backbone": args.backbone, "proxy": args.proxy,
@@ -410,6 +497,7 @@ def main() -> None:
         for seed in args.seeds:  # seed-major: a partial benchmark still compares the variants on the same seeds
             for variant in args.variants:
                 if len(table) and _same_run(table, {**key, "variant": variant, "seed": seed}).any():
+                    measure(table, trials, {**key, "variant": variant, "seed": seed}, args, measured_out)
                     continue
                 row, rows = run_one(variant, seed, args)
                 print(f"{variant:>9} seed {seed}: {row['trials']} trials ({row['completed']} completed, "
@@ -419,6 +507,7 @@ def main() -> None:
                 trials = pd.concat([trials, rows], ignore_index=True)
                 _write(trials, trials_out)  # the trials first: a row in ``out`` promises its trials
                 _write(table, out)
+                measure(table, trials, {**key, "variant": variant, "seed": seed}, args, measured_out)
     sel = table[_same_run(table, key)].reset_index(drop=True) if len(table) else table
     if sel.empty:
         print("no runs yet")
@@ -427,8 +516,16 @@ def main() -> None:
         mine = trials[_same_run(trials, key)]
         print(summarise_time(sel, mine))
         md = out.with_suffix(".md")  # the table the docs link to: its numbers live here only
+        text = time_markdown(sel)
+        if measured_out.exists():
+            v = verified_frame(sel, mine, pd.read_csv(measured_out), args.measure_seeds)
+            if len(v):
+                text = (f"Measured again ({args.verify} the proxy's images, {args.measure_seeds} fresh paired seeds "
+                        f"per config; 95 % t-intervals over benchmark seeds):\n\n{verified_markdown(v)}\n"
+                        f"Single draws, as the searches saw them:\n\n{text}")
+                print(verified_markdown(v))
         md.write_text(f"<!-- written by `python bench/search_efficiency.py --backbone {args.backbone} --time-budget "
-                      f"{args.time_budget:g} --out {out} --summary-only` -->\n\n{time_markdown(sel)}")
+                      f"{args.time_budget:g} --out {out} --summary-only` -->\n\n{text}")
         print(f"table: {md}")
         if args.png:
             print(f"anytime curve: {plot_anytime(sel, mine, Path(args.png))}")

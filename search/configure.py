@@ -153,6 +153,7 @@ def _search(args: argparse.Namespace, values: dict[str, Any], manifest: dict[str
         replicates=int(values["replicates"]), verify=str(values["verify"]).strip().lower(),
         verify_seeds=int(values["verify_seeds"]), verify_fidelity=_verify_fidelity(values["verify"], fid),
         population_size=values.get("population_size"),  # None: SearchSettings resolves it from the budget
+        warm_start=bool(values["warm_start"]),
         num_classes=info.num_classes, epochs=fid.epochs,
         fidelity=kept_fidelity(fid),
     )

@@ -61,8 +61,9 @@ MAX_RESTARTS = 3
 
 
 def plan_forced(settings: SearchSettings, ledger: Ledger) -> tuple[list[Forced], int]:
-    """Configs to launch before the sampler (re-runs of interrupted trials, then references not launched yet),
-    and how many new trials the budget still allows."""
+    """Configs to launch before the sampler (re-runs of interrupted trials, then references not launched yet, then
+    with ``warm_start`` the single-stage configs not launched yet), and how many new trials the budget still
+    allows."""
     reruns = []
     for tid in sorted(ledger.unfinished_ids(), key=lambda t: ledger.launches[t].number):
         launch = ledger.launches[tid]
@@ -73,7 +74,11 @@ def plan_forced(settings: SearchSettings, ledger: Ledger) -> tuple[list[Forced],
         arch = make(settings.backbone)
         if ledger.find(arch) is None:
             references.append(Forced(arch, name))
+    if settings.warm_start:
+        references += [Forced(arch) for arch in ArchConfig.single_stages(settings.backbone)
+                       if ledger.find(arch) is None]
     return reruns + references[:new], new
+
 
 
 def _next_session(storage: str) -> int:

@@ -66,6 +66,7 @@ SEARCH_DEFINING: tuple[str, ...] = (
     "grace_period",
     "reduction_factor",
     "population_size",
+    "warm_start",
     "resolution",
     "fidelity",
     "verify",
@@ -105,8 +106,10 @@ def kept_fidelity(fid: Any) -> dict[str, Any]:
 
 
 def default_population(budget: int) -> int:
-    """NSGA-II's population for a ``budget``-trial search: a quarter of the budget, between 4 and 50."""
-    return max(4, min(50, budget // 4))
+    """NSGA-II's population for a ``budget``-trial search: a tenth of the budget, between 4 and 50, so that the
+    default 200 trials are 10 generations. (A quarter, as before, made 200 trials 4 generations, the first of them
+    random: NSGA-II was hardly more than random search; ``bench/search_efficiency.py``.)"""
+    return max(4, min(50, budget // 10))
 
 
 def objective_modes(columns: list[str]) -> list[str]:
@@ -165,6 +168,7 @@ class SearchSettings:
     verify: str = DEFAULT_VERIFY  # the finalists' fidelity: Nx the proxy's images, a preset, or off
     verify_seeds: int = 2  # paired seeds each finalist is verified with
     population_size: int | None = None  # NSGA-II's; None: default_population(budget)
+    warm_start: bool = False  # the single-stage configs (paper's SCSA in one stage) first, after the references
     resolution: int = 224  # of the cost objectives (GFLOPs, latency): ImageNet-size, comparable with papers
     num_classes: int = 10  # of the proxy dataset (for the exported configs)
     epochs: int = 1  # of the proxy preset (the scheduler's max_t)

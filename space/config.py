@@ -97,6 +97,14 @@ class ArchConfig:
         """The authors' placement: SCSA with the paper's settings in every block of every stage, at the mid slot."""
         return cls(backbone, tuple(StageConfig.scsa() for _ in range(num_stages(backbone))))
 
+    @classmethod
+    def single_stages(cls, backbone: str) -> tuple[ArchConfig, ...]:
+        """The paper's SCSA (mid slot, every block) in one stage at a time, one config per stage: the simplest
+        answers to "in which stage does the attention pay"."""
+        plain = cls.baseline(backbone).stages
+        return tuple(cls(backbone, tuple(StageConfig.scsa() if j == i else s for j, s in enumerate(plain)))
+                     for i in range(len(plain)))
+
     def to_dict(self) -> dict:
         return {"backbone": self.backbone, "stages": [s.to_dict() for s in self.stages]}
 

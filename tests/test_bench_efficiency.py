@@ -63,3 +63,37 @@ def test_a_ratio_over_seeds_is_a_difference_only_where_its_interval_excludes_1()
     assert ratio_interval([1.3, 1.31, 1.29]).endswith(": higher)")
     assert ratio_interval([0.8, 1.3, 1.05]).endswith(": not distinguishable)")
     assert ratio_interval([1.2, math.inf]).startswith("(no interval")
+
+
+def test_what_a_run_gives_is_measured_again_on_fresh_paired_seeds():
+    from bench.efficiency_verified import MEASURE_SEED_BASE, needed, plain_json, verified
+    from bench.search_efficiency import verified_markdown
+
+    plain = plain_json("mobilenetv2_100")
+    # the plain backbone, the paper default, A (chosen), B, and C (beyond the paper default's GFLOPs)
+    rows = [("baseline", 1.0, 0.30, 10.0, plain), ("paper_default", 0.95, 0.36, 20.0, "Q"),
+            ("", 0.9, 0.33, 30.0, "A"), ("", 0.8, 0.35, 40.0, "B"), ("", 0.7, 0.40, 50.0, "C")]
+    trials = pd.DataFrame([dict(status="completed", reference=r, loss=q, gflops=g, finished_s=t, config_json=c,
+                                chosen=c == "A") for r, q, g, t, c in rows])
+    seeds = [MEASURE_SEED_BASE, MEASURE_SEED_BASE + 1]
+    # B, then A (best proxy score first); C costs more than the paper default, the paper default is dominated
+    assert needed(trials, OBJ, "mobilenetv2_100", 0, 2) == [(c, s) for c in (plain, "A", "B") for s in seeds]
+    scores = ((plain, (1.0, 1.2)), ("A", (0.9, 1.0)), ("B", (1.05, 1.25)))
+    measured = pd.DataFrame([dict(config_json=c, seed=s, val_loss=v) for c, vs in scores
+                             for s, v in zip(seeds, vs, strict=True)])
+    got = verified(trials, OBJ, measured, "mobilenetv2_100", 0, 2)
+    assert got["v_gain"] == pytest.approx(0.15)  # plain minus A, seed by seed: 0.1 and 0.2
+    # box: the plain backbone's verified mean 1.1, the paper default's 0.36 GFLOPs; B verified worse than the plain
+    assert got["v_hv_gain"] == pytest.approx((1.1 - 0.95) * (0.36 - 0.33))
+    assert [t for t, _ in got["curve"]] == [30.0, 40.0]
+    assert [v for _, v in got["curve"]] == pytest.approx([0.0045, 0.0045])
+    assert verified(trials, OBJ, measured.iloc[:-1], "mobilenetv2_100", 0, 2) is None  # a row missing: no figure
+    # two variants over two seeds: differences from random search, seed by seed, with their interval
+    frame = pd.DataFrame([dict(variant=v, seed=s, hv_gain=0.01, v_gain=g, v_hv_gain=h, chosen_is_plain=False,
+                               curve=[(30.0 + s, h)]) for v, s, g, h in (("random", 0, 0.1, 0.004),
+                                                                        ("random", 1, 0.0, 0.002),
+                                                                        ("tpe-es", 0, 0.2, 0.006),
+                                                                        ("tpe-es", 1, 0.1, 0.004))])
+    md = verified_markdown(frame)
+    tpe = next(line for line in md.splitlines() if line.startswith("| tpe-es"))
+    assert "+0.1000 ± 0.0000 (better)" in tpe and "+2.00 ± 0.00 (better)" in tpe and "x1.00 (geomean of 2" in tpe

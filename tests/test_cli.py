@@ -305,9 +305,9 @@ def test_a_search_set_up_in_python_is_the_search_the_cli_runs(out, proxy):
     python = SearchSettings(backbone="resnet18", budget=200, out=str(out), proxy=proxy)
     defining = ("objectives", "sampler", "population_size", "fidelity", "epochs", "select", "seed", "dataset",
                 "early_stopping", "grace_period", "reduction_factor", "replicates", "resolution", "verify",
-                "verify_seeds", "verify_fidelity")
+                "verify_seeds", "verify_fidelity", "warm_start")
     assert {k: getattr(python, k) for k in defining} == {k: getattr(cli, k) for k in defining}
-    assert python.objectives[1:] == ["gflops"] and python.population_size == 50
+    assert python.objectives[1:] == ["gflops"] and python.population_size == 20 and not python.warm_start
 
 
 def test_verify_takes_a_multiple_of_the_proxy_a_preset_or_off_and_refuses_the_rest(capsys, out, existing):

@@ -83,6 +83,29 @@ def test_plan_forced_reruns_interrupted_trials_first_and_counts_them_once(tmp_pa
     assert [f.reference for f in forced] == ["baseline"] and new == 1
 
 
+def test_warm_start_trains_each_stage_alone_after_the_references_within_the_budget(tmp_path):
+    from search.settings import default_population
+
+    settings = SearchSettings(backbone="resnet18", budget=5, out=str(tmp_path), warm_start=True)
+    forced, new = plan_forced(settings, Ledger.open(tmp_path, OBJ))
+    singles = ArchConfig.single_stages("resnet18")
+    assert len(singles) == 4 and new == 5
+    assert [f.arch for f in forced] == [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
+                                        *singles[:3]]  # the budget's 5 trials: the fourth stage waits
+    assert [f.reference for f in forced] == ["baseline", "paper_default", "", "", ""]
+    for i, arch in enumerate(singles):
+        assert [s.attn for s in arch.stages] == ["scsa" if j == i else "none" for j in range(4)]
+        assert SearchSpace("resnet18").params_of(arch)  # inside the space: the sampler sees its result
+    ledger = Ledger.open(tmp_path / "b", OBJ)
+    done = _launch(0, singles[1])
+    ledger.launch(done)
+    ledger.finish(_record(done, "completed"))
+    forced, _ = plan_forced(SearchSettings(backbone="resnet18", budget=50, out=str(tmp_path / "b"), warm_start=True),
+                            ledger)
+    assert singles[1] not in [f.arch for f in forced] and len(forced) == 2 + 3
+    assert default_population(200) == 20 and default_population(10) == 4 and default_population(10**6) == 50
+
+
 def test_replicates_plan_the_finalists_reruns_first_never_twice_and_stay_out_of_the_budget(tmp_path):
     from search.finalists import SEED_STRIDE, plan_replicates, run_seed
 
