@@ -7,7 +7,7 @@ loss, ``evaluators.fidelity.verification``) with ``--measure-seeds`` fresh seeds
 of a benchmark seed (so configs, and variants, are compared seed by seed):
 
 * the plain backbone (the box of the gain);
-* the run's chosen config (its ``best_config.json``);
+* the run's chosen config (its ``best_config.json``: chosen on the search's own verification of its finalists);
 * the front members inside the single-draw box (better proxy score than the plain backbone's draw, no more GFLOPs
   than the paper default), the best :data:`MAX_FRONT` by proxy score.
 
