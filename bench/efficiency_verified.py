@@ -154,7 +154,7 @@ def verified(trials: pd.DataFrame, objectives: list[str], measured: pd.DataFrame
              k: int) -> dict | None:
     """One run's verified figures (see the module's docstring), or None while a needed row is missing.
 
-    ``curve``: the anytime ``v_hv_gain`` as ``[(finished_s, value), ...]``."""
+    ``curve``: the anytime ``v_hv_gain``, indexed by ``finished_s`` (as ``search_efficiency.anytime``'s curves)."""
     seeds = measure_seeds(seed, k)
     chosen, front = chosen_and_front(trials, objectives)
     plain = _scores(measured, plain_json(backbone), seeds)
@@ -175,15 +175,11 @@ def verified(trials: pd.DataFrame, objectives: list[str], measured: pd.DataFrame
                            "finished_s": [float(by_config.loc[c, "finished_s"]) for c in fronts]})
     # a trial without a finishing time (its last report unread) counts at the end only
     points["finished_s"] = points["finished_s"].fillna(math.inf)
-    curve = [(t, hypervolume(points[points["finished_s"] <= t], [V_SCORE, cost], ref))
-             for t in sorted(set(points["finished_s"]))]
+    times = sorted(set(points["finished_s"]))
+    curve = pd.Series([hypervolume(points[points["finished_s"] <= t], [V_SCORE, cost], ref) for t in times],
+                      index=times, dtype=float)
     gains = [p - c for p, c in zip(plain, mine, strict=True)]  # val_loss: lower is better
     return {"v_gain": float(np.mean(gains)), "v_gain_seeds": json.dumps([round(g, 6) for g in gains]),
             "v_hv_gain": hypervolume(points, [V_SCORE, cost], ref) if len(points) else 0.0,
             "v_measured": len({plain_json(backbone), chosen, *front}),
             "chosen_is_plain": chosen == plain_json(backbone), "curve": curve}
-
-
-def time_to(curve: list[tuple[float, float]], target: float) -> float:
-    """First moment an anytime curve reaches ``target`` (> 0), or inf."""
-    return next((t for t, v in curve if v >= target - 1e-15), math.inf)

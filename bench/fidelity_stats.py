@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from itertools import combinations
 
 import pandas as pd
@@ -64,12 +65,9 @@ def bootstrap_spearman(draws: list[pd.Series] | pd.Series, y: list[pd.Series] | 
         return point, math.nan, math.nan, n
     picks = np.random.default_rng(seed).integers(0, n, (reps, n))
     picks = picks[[len(set(p)) >= 3 for p in picks]]
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a resample where one side is constant: NaN, left out
-            boot = rho(picks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample where every pair is constant: NaN, left out
+        boot = rho(picks)
     boot = boot[~np.isnan(boot)]
     if not len(boot):
         return point, math.nan, math.nan, n

@@ -56,11 +56,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling efficiency_verified, also when imported
-from efficiency_verified import canonical, needed, run_measurements, time_to, verified  # noqa: E402
+from efficiency_verified import canonical, needed, run_measurements, verified  # noqa: E402
 
 from results.config_stats import is_verified  # noqa: E402
 from results.frame import read_trials  # noqa: E402
-from results.noise import interval  # noqa: E402
+from results.noise import interval, verdict  # noqa: E402
 from results.pareto import hypervolume, loss_name, pareto_front, reference_point, to_loss  # noqa: E402
 from results.schema import BEST_JSON, CONFIG_JSON  # noqa: E402
 from space import ArchConfig  # noqa: E402
@@ -356,14 +356,19 @@ def summarise_time(table: pd.DataFrame, trials: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _measurable(rows: pd.DataFrame) -> bool:
+    """Whether one run's trial rows name their configs (rows of the earlier benchmark do not: nothing to measure)."""
+    return CONFIG_JSON in rows and not rows.empty and not rows[CONFIG_JSON].isna().any()
+
+
 def verified_frame(table: pd.DataFrame, trials: pd.DataFrame, measured: pd.DataFrame, k: int) -> pd.DataFrame:
     """Per run of ``table``: its verified figures (:func:`efficiency_verified.verified`) beside its single-draw
     ``hv_gain``; runs whose measurements are incomplete are left out."""
     rows = []
     for row in table.itertuples(index=False):
         mine = trials[(trials.variant == row.variant) & (trials.seed == row.seed)]
-        if CONFIG_JSON not in mine or mine[CONFIG_JSON].isna().any():
-            continue  # rows of the earlier benchmark: no configs to measure
+        if not _measurable(mine):
+            continue
         got = verified(mine, str(row.objectives).split(",")[:2], measured, row.backbone, int(row.seed), k)
         if got is not None:
             rows.append({"variant": row.variant, "seed": int(row.seed), "hv_gain": float(row.hv_gain), **got})
@@ -371,9 +376,8 @@ def verified_frame(table: pd.DataFrame, trials: pd.DataFrame, measured: pd.DataF
 
 
 def _verdict(iv) -> str:
-    if math.isnan(iv.half):
-        return "one seed: no interval"
-    return "not distinguishable" if iv.low <= 0 <= iv.high else ("better" if iv.low > 0 else "worse")
+    """:func:`results.noise.verdict` of a gain, saying so where one seed gives no interval."""
+    return "one seed: no interval" if math.isnan(iv.half) else verdict(iv)
 
 
 def verified_markdown(v: pd.DataFrame, against: str = RANDOM_VARIANT) -> str:
@@ -398,9 +402,9 @@ def verified_markdown(v: pd.DataFrame, against: str = RANDOM_VARIANT) -> str:
             ratios = []
             for s in common:
                 target = float(base.loc[s, "v_hv_gain"])
-                theirs = time_to(base.loc[s, "curve"], target)
+                theirs = time_to_reach(base.loc[s, "curve"], target)
                 if target > 0 and math.isfinite(theirs):
-                    ratios.append(time_to(mine.loc[s, "curve"], target) / theirs)
+                    ratios.append(time_to_reach(mine.loc[s, "curve"], target) / theirs)
             finite = [r for r in ratios if math.isfinite(r)]
             never = f"never on {len(ratios) - len(finite)} of {len(ratios)} seeds"
             reach = ("— (random found nothing)" if not ratios else never if not finite else
@@ -468,7 +472,7 @@ def measure(table: pd.DataFrame, trials: pd.DataFrame, key: dict, args: argparse
     if args.no_measure:
         return
     mine = trials[_same_run(trials, key)]
-    if CONFIG_JSON not in mine or mine.empty or mine[CONFIG_JSON].isna().any():
+    if not _measurable(mine):
         return
     objectives = str(table[_same_run(table, key)].objectives.iloc[0]).split(",")[:2]
     todo = needed(mine, objectives, args.backbone, int(key["seed"]), args.measure_seeds)
@@ -545,10 +549,11 @@ def main() -> None:
         if measured_out.exists():
             v = verified_frame(sel, mine, pd.read_csv(measured_out), args.measure_seeds)
             if len(v):
+                table_md = verified_markdown(v)
                 text = (f"Measured again ({args.verify} the proxy's images, {args.measure_seeds} fresh paired seeds "
-                        f"per config; 95 % t-intervals over benchmark seeds):\n\n{verified_markdown(v)}\n"
+                        f"per config; 95 % t-intervals over benchmark seeds):\n\n{table_md}\n"
                         f"Single draws, as the searches saw them:\n\n{text}")
-                print(verified_markdown(v))
+                print(table_md)
         md.write_text(f"<!-- written by `python bench/search_efficiency.py --backbone {args.backbone} --time-budget "
                       f"{args.time_budget:g} --out {out} --summary-only` -->\n\n{text}")
         print(f"table: {md}")

@@ -80,7 +80,6 @@ def plan_forced(settings: SearchSettings, ledger: Ledger) -> tuple[list[Forced],
     return reruns + references[:new], new
 
 
-
 def _next_session(storage: str) -> int:
     """Index of this session's Ray experiment directory (``session-N``): one per run or resume, never reused."""
     if "://" in storage:

@@ -85,12 +85,12 @@ def test_what_a_run_gives_is_measured_again_on_fresh_paired_seeds():
     assert got["v_gain"] == pytest.approx(0.15)  # plain minus A, seed by seed: 0.1 and 0.2
     # box: the plain backbone's verified mean 1.1, the paper default's 0.36 GFLOPs; B verified worse than the plain
     assert got["v_hv_gain"] == pytest.approx((1.1 - 0.95) * (0.36 - 0.33))
-    assert [t for t, _ in got["curve"]] == [30.0, 40.0]
-    assert [v for _, v in got["curve"]] == pytest.approx([0.0045, 0.0045])
+    assert list(got["curve"].index) == [30.0, 40.0]
+    assert got["curve"].tolist() == pytest.approx([0.0045, 0.0045])
     assert verified(trials, OBJ, measured.iloc[:-1], "mobilenetv2_100", 0, 2) is None  # a row missing: no figure
     # two variants over two seeds: differences from random search, seed by seed, with their interval
     frame = pd.DataFrame([dict(variant=v, seed=s, hv_gain=0.01, v_gain=g, v_hv_gain=h, chosen_is_plain=False,
-                               curve=[(30.0 + s, h)]) for v, s, g, h in (("random", 0, 0.1, 0.004),
+                               curve=pd.Series([h], index=[30.0 + s])) for v, s, g, h in (("random", 0, 0.1, 0.004),
                                                                         ("random", 1, 0.0, 0.002),
                                                                         ("tpe-es", 0, 0.2, 0.006),
                                                                         ("tpe-es", 1, 0.1, 0.004))])
