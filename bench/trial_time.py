@@ -2,13 +2,19 @@
 
 Per backbone (default resnet50 and mobilenetv2_100), the plain backbone and the paper default (SCSA with the
 paper's settings in every block) are measured in interleaved rounds (the order alternates from round to round, so
-that a drift of the machine's speed falls on both), on one thread, three ways:
+that a drift of the machine's speed falls on both), on one thread:
 
 * ``trial``: one ``default`` proxy trial, as a search runs it (data, model, two epochs, validation), the same seed;
 * ``fwdbwd``: the whole model's forward + backward at the proxy's size and memory format (48 px, batch 32, train
   mode, channels-last as the ``default`` preset trains), median of ``--steps``;
 * ``infer``: the inference latency ratio at 224 px, batch 1, eval, no grad (``evaluators.latency.latency_ratio``,
-  its own interleaved repeats, no cache).
+  its own interleaved repeats, no cache);
+* ``compiled`` and ``compile-time``: ``fwdbwd`` under ``torch.compile`` (default mode), and the one-off time of the
+  first compiled step (tracing, inductor's code generation, the C++ build, with an empty inductor cache). Each
+  model is compiled in a fresh process: torch.compile does not guard on forward hooks, which is how attention is
+  attached, so a second model of the same timm class compiled in one process would silently run the first one's
+  graph. Where torch.compile cannot run (no C++ compiler for inductor), the rows are skipped with the reason
+  printed.
 
 Each round is one row per measure in the CSV (``--out``, appended as it goes: an interrupted run resumes where it
 stopped; ``--rounds`` counts the rows a measure should have). The summary is the median ratio over the rounds with
@@ -23,9 +29,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
+import os
 import statistics
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +49,7 @@ from evaluators.proxy import train_proxy  # noqa: E402
 from space import ArchConfig  # noqa: E402
 from space.build import build_model  # noqa: E402
 
-MEASURES = ("trial", "fwdbwd", "infer")
+MEASURES = ("trial", "fwdbwd", "infer", "compiled", "compile-time")
 INFER_RESOLUTION = 224
 COLUMNS = ["backbone", "measure", "round", "plain_s", "paper_s", "ratio", "threads", "torch", "date"]
 
@@ -51,7 +61,9 @@ def _trial_s(arch: ArchConfig, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def _fwdbwd_s(arch: ArchConfig, steps: int) -> float:
+def _fwdbwd_s(arch: ArchConfig, steps: int, compiled: bool = False) -> float | tuple[float, float]:
+    """Median seconds of one fwd+bwd step; with ``compiled``, of the compiled model, and the first compiled step's
+    seconds (the compile time) beside it."""
     fid = preset("default")
     torch.manual_seed(0)
     # The preset's memory format: channels-last makes the plain backbone's convolutions 1.7x faster on
@@ -59,23 +71,39 @@ def _fwdbwd_s(arch: ArchConfig, steps: int) -> float:
     fmt = torch.channels_last if fid.channels_last else torch.contiguous_format
     model = build_model(arch, num_classes=10).train().to(memory_format=fmt)
     x = torch.randn(fid.batch_size, 3, fid.resolution, fid.resolution).contiguous(memory_format=fmt)
+    step = torch.compile(model) if compiled else model
     times = []
-    for i in range(steps + 2):  # two warm-up steps
+    for _ in range(steps + 2):  # two warm-up steps (with compiled, the first compiles)
         start = time.perf_counter()
-        model(x).logsumexp(1).mean().backward()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
+        step(x).logsumexp(1).mean().backward()
+        times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
-    return statistics.median(times)
+    return (statistics.median(times[2:]), times[0]) if compiled else statistics.median(times[2:])
+
+
+def _init_compile_worker(cache_dir: str) -> None:
+    torch.set_num_threads(1)
+    # An empty cache: the compile time is a first compile's, not a lookup of an earlier round's kernels.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+
+
+def _compiled_in_fresh_process(arch: ArchConfig, steps: int) -> tuple[float, float]:
+    # A fresh process per model: see the module docstring (torch.compile reuses a graph across hook changes).
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as cache_dir, ProcessPoolExecutor(
+            1, mp_context=spawn, initializer=_init_compile_worker, initargs=(cache_dir,)) as pool:
+        return pool.submit(_fwdbwd_s, arch, steps, True).result()
 
 
 def measure_round(backbone: str, what: str, round_: int, steps: int) -> dict:
     """One round of ``what`` for ``backbone``: plain and paper default back to back, the order alternating."""
     plain, paper = ArchConfig.baseline(backbone), ArchConfig.paper_default(backbone)
+    if what in ("compiled", "compile-time"):
+        raise ValueError("compiled and compile-time are measured together: call compiled_rounds")
     if what == "infer":
         r = latency_ratio(paper, INFER_RESOLUTION, 1, threads=1, repeats=9, warmup=3, use_cache=False)
         plain_s, paper_s = r.plain_ms / 1e3, r.config_ms / 1e3
-        ratio = r.ratio
+        return _row(backbone, what, round_, plain_s, paper_s) | {"ratio": r.ratio}
     else:
         def run(arch: ArchConfig) -> float:
             return _trial_s(arch, seed=0) if what == "trial" else _fwdbwd_s(arch, steps)
@@ -84,10 +112,27 @@ def measure_round(backbone: str, what: str, round_: int, steps: int) -> dict:
             paper_s, plain_s = run(paper), run(plain)
         else:
             plain_s, paper_s = run(plain), run(paper)
-        ratio = paper_s / plain_s
+    return _row(backbone, what, round_, plain_s, paper_s)
+
+
+def _row(backbone: str, what: str, round_: int, plain_s: float, paper_s: float) -> dict:
     return {"backbone": backbone, "measure": what, "round": round_, "plain_s": plain_s, "paper_s": paper_s,
-            "ratio": ratio, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "ratio": paper_s / plain_s, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": datetime.date.today().isoformat()}
+
+
+def compiled_round(backbone: str, round_: int, steps: int) -> list[dict]:
+    """One round of ``compiled`` and ``compile-time`` for ``backbone``: plain and paper default, each compiled in
+    its own process, the order alternating. Raises what torch.compile raised where it cannot run."""
+    plain, paper = ArchConfig.baseline(backbone), ArchConfig.paper_default(backbone)
+    if round_ % 2:
+        (paper_step, paper_compile), (plain_step, plain_compile) = (
+            _compiled_in_fresh_process(paper, steps), _compiled_in_fresh_process(plain, steps))
+    else:
+        (plain_step, plain_compile), (paper_step, paper_compile) = (
+            _compiled_in_fresh_process(plain, steps), _compiled_in_fresh_process(paper, steps))
+    return [_row(backbone, "compiled", round_, plain_step, paper_step),
+            _row(backbone, "compile-time", round_, plain_compile, paper_compile)]
 
 
 def flops_ratio(backbone: str, what: str) -> float:
@@ -127,17 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=COLUMNS)
     if not args.summary_only:
         out.parent.mkdir(parents=True, exist_ok=True)
+        measures = [m for m in args.measures if m != "compile-time"]  # measured with "compiled"
+        if "compile-time" in args.measures and "compiled" not in measures:
+            measures.append("compiled")
         for backbone in args.backbones:
-            for what in args.measures:
+            for what in measures:
                 done = set(df[(df.backbone == backbone) & (df.measure == what)]["round"].astype(int))
                 for r in range(args.rounds):
                     if r in done:
                         continue
-                    row = measure_round(backbone, what, r, args.steps)
-                    print(f"{backbone:<16} {what:<6} round {r}: plain {row['plain_s']:.4g} s, paper default "
-                          f"{row['paper_s']:.4g} s, ratio {row['ratio']:.3f}", flush=True)
-                    pd.DataFrame([row], columns=COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
-                    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+                    if what == "compiled":
+                        try:
+                            rows = compiled_round(backbone, r, args.steps)
+                        except Exception as e:  # inductor needs a C++ compiler; say so and go on with the rest
+                            print(f"{backbone}: torch.compile cannot run here ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); compiled rows skipped", flush=True)
+                            break
+                    else:
+                        rows = [measure_round(backbone, what, r, args.steps)]
+                    for row in rows:
+                        print(f"{backbone:<16} {row['measure']:<12} round {r}: plain {row['plain_s']:.4g} s, "
+                              f"paper default {row['paper_s']:.4g} s, ratio {row['ratio']:.3f}", flush=True)
+                    pd.DataFrame(rows, columns=COLUMNS).to_csv(out, mode="a", header=not out.exists(), index=False)
+                    df = pd.concat([df, pd.DataFrame(rows)], ignore_index=True)
     if df.empty:
         print(f"no rows yet in {out}")
         return 0

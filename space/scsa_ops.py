@@ -20,8 +20,8 @@ the way ``torch.utils.checkpoint`` nests graphs. Its parameters are inputs of th
 flow out.
 
 Everything is exact (the same products and sums as the plain ops, in another order) and is bypassed while
-tracing (FLOP counters and exporters see plain aten ops) and when no gradient is needed (plain ops are already
-lean for inference).
+tracing (FLOP counters and exporters see plain aten ops), under ``torch.compile`` (one graph for inductor to fuse)
+and when no gradient is needed (plain ops are already lean for inference).
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ ChannelGate = Callable[..., torch.Tensor]
 
 
 def use_plain_ops(*tensors: torch.Tensor | None) -> bool:
-    """True where the custom autograd nodes bring nothing (or must not appear): tracing, scripting, no grad."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or not torch.is_grad_enabled():
+    """True where the custom autograd nodes bring nothing (or must not appear): tracing, scripting, compiling,
+    no grad. Under ``torch.compile`` the nodes' nested ``torch.autograd.grad`` would break the graph in three per
+    SCSA (and a model with many SCSA then runs past dynamo's recompile limit); plain ops give one graph that
+    inductor fuses itself."""
+    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or not torch.is_grad_enabled()):
         return True
     return not any(t is not None and t.requires_grad for t in tensors)
 

@@ -146,3 +146,21 @@ def test_custom_functions_bypassed_without_grad_and_under_tracing(monkeypatch):
     assert all(p.requires_grad for p in m.parameters())
     with pytest.raises(AssertionError, match="custom autograd Function used"):
         m(x)
+
+
+def test_compiles_to_one_graph_with_the_same_values_and_gradients():
+    # fullgraph=True raises at the first graph break: under torch.compile SCSA must be plain ops (the custom nodes'
+    # nested autograd.grad breaks the graph); aot_eager traces forward and backward without building C++.
+    torch.manual_seed(0)
+    m = SCSA(16, window=3)
+    x = torch.randn(2, 16, 9, 9, requires_grad=True)
+    eager = m(x)
+    eager.square().sum().backward()
+    grads = [x.grad, *(p.grad for p in m.parameters())]
+    x.grad = None
+    m.zero_grad(set_to_none=True)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+    compiled.square().sum().backward()
+    torch.testing.assert_close(compiled, eager)
+    for got, want in zip([x.grad, *(p.grad for p in m.parameters())], grads):
+        torch.testing.assert_close(got, want)
