@@ -9,12 +9,13 @@ that a drift of the machine's speed falls on both), on one thread:
   mode, channels-last as the ``default`` preset trains), median of ``--steps``;
 * ``infer``: the inference latency ratio at 224 px, batch 1, eval, no grad (``evaluators.latency.latency_ratio``,
   its own interleaved repeats, no cache);
-* ``compiled`` and ``compile-time``: ``fwdbwd`` under ``torch.compile`` (default mode), and the one-off time of the
-  first compiled step (tracing, inductor's code generation, the C++ build, with an empty inductor cache). Each
-  model is compiled in a fresh process: torch.compile does not guard on forward hooks, which is how attention is
-  attached, so a second model of the same timm class compiled in one process would silently run the first one's
-  graph. Where torch.compile cannot run (no C++ compiler for inductor), the rows are skipped with the reason
-  printed.
+* ``compiled``, ``uncompiled`` and ``compile-time``: ``fwdbwd`` under ``torch.compile`` (default mode), the same
+  process's eager steps just before it (so that compiled and eager are measured side by side), and the one-off
+  time of the first compiled step (tracing, inductor's code generation, the C++ build, with an empty inductor
+  cache). Each model is compiled in a fresh process: torch.compile does not guard on forward hooks, which is how
+  attention is attached, so a second model of the same timm class compiled in one process would silently run the
+  first one's graph. Where torch.compile cannot run (no C++ compiler for inductor), the rows are skipped with the
+  reason printed.
 
 Each round is one row per measure in the CSV (``--out``, appended as it goes: an interrupted run resumes where it
 stopped; ``--rounds`` counts the rows a measure should have). The summary is the median ratio over the rounds with
@@ -49,7 +50,9 @@ from evaluators.proxy import train_proxy  # noqa: E402
 from space import ArchConfig  # noqa: E402
 from space.build import build_model  # noqa: E402
 
-MEASURES = ("trial", "fwdbwd", "infer", "compiled", "compile-time")
+MEASURES = ("trial", "fwdbwd", "infer", "compiled", "uncompiled", "compile-time")
+#: Measured together by ``compiled_round``.
+COMPILE_MEASURES = ("compiled", "uncompiled", "compile-time")
 INFER_RESOLUTION = 224
 COLUMNS = ["backbone", "measure", "round", "plain_s", "paper_s", "ratio", "threads", "torch", "date"]
 
@@ -61,9 +64,9 @@ def _trial_s(arch: ArchConfig, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def _fwdbwd_s(arch: ArchConfig, steps: int, compiled: bool = False) -> float | tuple[float, float]:
-    """Median seconds of one fwd+bwd step; with ``compiled``, of the compiled model, and the first compiled step's
-    seconds (the compile time) beside it."""
+def _fwdbwd_s(arch: ArchConfig, steps: int, compiled: bool = False) -> float | tuple[float, float, float]:
+    """Median seconds of one fwd+bwd step; with ``compiled``, those of the compiled model, of the eager model just
+    before it, and the first compiled step's seconds (the compile time)."""
     fid = preset("default")
     torch.manual_seed(0)
     # The preset's memory format: channels-last makes the plain backbone's convolutions 1.7x faster on
@@ -71,14 +74,21 @@ def _fwdbwd_s(arch: ArchConfig, steps: int, compiled: bool = False) -> float | t
     fmt = torch.channels_last if fid.channels_last else torch.contiguous_format
     model = build_model(arch, num_classes=10).train().to(memory_format=fmt)
     x = torch.randn(fid.batch_size, 3, fid.resolution, fid.resolution).contiguous(memory_format=fmt)
-    step = torch.compile(model) if compiled else model
-    times = []
-    for _ in range(steps + 2):  # two warm-up steps (with compiled, the first compiles)
-        start = time.perf_counter()
-        step(x).logsumexp(1).mean().backward()
-        times.append(time.perf_counter() - start)
-        model.zero_grad(set_to_none=True)
-    return (statistics.median(times[2:]), times[0]) if compiled else statistics.median(times[2:])
+
+    def timed(step: torch.nn.Module) -> list[float]:
+        times = []
+        for _ in range(steps + 2):  # two warm-up steps (compiled, the first compiles)
+            start = time.perf_counter()
+            step(x).logsumexp(1).mean().backward()
+            times.append(time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+        return times
+
+    eager = statistics.median(timed(model)[2:])
+    if not compiled:
+        return eager
+    times = timed(torch.compile(model))
+    return statistics.median(times[2:]), eager, times[0]
 
 
 def _init_compile_worker(cache_dir: str) -> None:
@@ -87,7 +97,7 @@ def _init_compile_worker(cache_dir: str) -> None:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
 
 
-def _compiled_in_fresh_process(arch: ArchConfig, steps: int) -> tuple[float, float]:
+def _compiled_in_fresh_process(arch: ArchConfig, steps: int) -> tuple[float, float, float]:
     # A fresh process per model: see the module docstring (torch.compile reuses a graph across hook changes).
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as cache_dir, ProcessPoolExecutor(
@@ -98,8 +108,8 @@ def _compiled_in_fresh_process(arch: ArchConfig, steps: int) -> tuple[float, flo
 def measure_round(backbone: str, what: str, round_: int, steps: int) -> dict:
     """One round of ``what`` for ``backbone``: plain and paper default back to back, the order alternating."""
     plain, paper = ArchConfig.baseline(backbone), ArchConfig.paper_default(backbone)
-    if what in ("compiled", "compile-time"):
-        raise ValueError("compiled and compile-time are measured together: call compiled_rounds")
+    if what in COMPILE_MEASURES:
+        raise ValueError(f"{', '.join(COMPILE_MEASURES)} are measured together: call compiled_round")
     if what == "infer":
         r = latency_ratio(paper, INFER_RESOLUTION, 1, threads=1, repeats=9, warmup=3, use_cache=False)
         plain_s, paper_s = r.plain_ms / 1e3, r.config_ms / 1e3
@@ -122,17 +132,14 @@ def _row(backbone: str, what: str, round_: int, plain_s: float, paper_s: float) 
 
 
 def compiled_round(backbone: str, round_: int, steps: int) -> list[dict]:
-    """One round of ``compiled`` and ``compile-time`` for ``backbone``: plain and paper default, each compiled in
-    its own process, the order alternating. Raises what torch.compile raised where it cannot run."""
+    """One round of the compile measures for ``backbone``: plain and paper default, each compiled in its own
+    process, the order alternating. Raises what torch.compile raised where it cannot run."""
     plain, paper = ArchConfig.baseline(backbone), ArchConfig.paper_default(backbone)
     if round_ % 2:
-        (paper_step, paper_compile), (plain_step, plain_compile) = (
-            _compiled_in_fresh_process(paper, steps), _compiled_in_fresh_process(plain, steps))
+        paper_t, plain_t = _compiled_in_fresh_process(paper, steps), _compiled_in_fresh_process(plain, steps)
     else:
-        (plain_step, plain_compile), (paper_step, paper_compile) = (
-            _compiled_in_fresh_process(plain, steps), _compiled_in_fresh_process(paper, steps))
-    return [_row(backbone, "compiled", round_, plain_step, paper_step),
-            _row(backbone, "compile-time", round_, plain_compile, paper_compile)]
+        plain_t, paper_t = _compiled_in_fresh_process(plain, steps), _compiled_in_fresh_process(paper, steps)
+    return [_row(backbone, what, round_, a, b) for what, a, b in zip(COMPILE_MEASURES, plain_t, paper_t)]
 
 
 def flops_ratio(backbone: str, what: str) -> float:
@@ -172,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=COLUMNS)
     if not args.summary_only:
         out.parent.mkdir(parents=True, exist_ok=True)
-        measures = [m for m in args.measures if m != "compile-time"]  # measured with "compiled"
-        if "compile-time" in args.measures and "compiled" not in measures:
-            measures.append("compiled")
+        # the compile measures are measured together, as "compiled"
+        measures = list(dict.fromkeys("compiled" if m in COMPILE_MEASURES else m for m in args.measures))
         for backbone in args.backbones:
             for what in measures:
                 done = set(df[(df.backbone == backbone) & (df.measure == what)]["round"].astype(int))
