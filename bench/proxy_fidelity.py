@@ -247,6 +247,10 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
     return "\n".join(lines)
 
 
+#: The ablation's label for the default variant ranked on the knobs' configs only.
+SAME_CONFIGS = "on the knobs' configs"
+
+
 def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
     """The ablation as one markdown table: per variant, its knob, draws and CPU seconds per trial (on the first
     backbone), and per backbone the mean Spearman of a single trial with the long run for each score, with its
@@ -266,7 +270,9 @@ def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
         default_rows = part[(part.kind == "proxy") & (part.variant == "default")]
         if len(knob_rows) and set(default_rows.config) != set(knob_rows.config):
             same = ablation(part[part.config.isin(set(knob_rows.config))], long, {"default": variants["default"]})
-            table = pd.concat([table, same.assign(variant=SAME_CONFIGS)], ignore_index=True)
+            is_default = table.variant == "default"  # the row goes right after the default variant's
+            table = pd.concat([table[is_default], same.assign(variant=SAME_CONFIGS), table[~is_default]],
+                              ignore_index=True)
         tables[bb] = table
     if not tables:
         return ""
@@ -274,10 +280,7 @@ def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
     head = ("| variant | knob | draws | cpu-s | configs |"
             + "".join(f" {bb}: {sc} |" for bb in tables for sc in scores))
     lines = [head, "|---|---|---:|---:|---:|" + "---:|" * (len(scores) * len(tables))]
-    order = [v for v in dict.fromkeys(first.variant) if v != SAME_CONFIGS]
-    if SAME_CONFIGS in set(first.variant):
-        order.insert(order.index("default") + 1 if "default" in order else len(order), SAME_CONFIGS)
-    for variant in order:
+    for variant in dict.fromkeys(first.variant):
         mine = first[first.variant == variant].iloc[0]
         cells, configs = [], []
         for table in tables.values():
@@ -291,10 +294,6 @@ def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
         lines.append(f"| {name} | {mine.knob} | {mine.draws} | {mine.cpu_s:.1f} | {' / '.join(configs)} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-#: The ablation's label for the default variant ranked on the knobs' configs only.
-SAME_CONFIGS = "on the knobs' configs"
 
 
 #: The verification candidates, cheapest first.

@@ -64,30 +64,41 @@ def _trial_s(arch: ArchConfig, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def _fwdbwd_s(arch: ArchConfig, steps: int, compiled: bool = False) -> float | tuple[float, float, float]:
-    """Median seconds of one fwd+bwd step; with ``compiled``, those of the compiled model, of the eager model just
-    before it, and the first compiled step's seconds (the compile time)."""
+def _model_and_input(arch: ArchConfig) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model in train mode and a batch, at the ``default`` preset's size and memory format."""
     fid = preset("default")
     torch.manual_seed(0)
     # The preset's memory format: channels-last makes the plain backbone's convolutions 1.7x faster on
     # mobilenetv2_100 (93 vs 160 ms) and SCSA no faster, so measuring in NCHW understates the trial's ratio.
     fmt = torch.channels_last if fid.channels_last else torch.contiguous_format
     model = build_model(arch, num_classes=10).train().to(memory_format=fmt)
-    x = torch.randn(fid.batch_size, 3, fid.resolution, fid.resolution).contiguous(memory_format=fmt)
+    return model, torch.randn(fid.batch_size, 3, fid.resolution, fid.resolution).contiguous(memory_format=fmt)
 
-    def timed(step: torch.nn.Module) -> list[float]:
-        times = []
-        for _ in range(steps + 2):  # two warm-up steps (compiled, the first compiles)
-            start = time.perf_counter()
-            step(x).logsumexp(1).mean().backward()
-            times.append(time.perf_counter() - start)
-            model.zero_grad(set_to_none=True)
-        return times
 
-    eager = statistics.median(timed(model)[2:])
-    if not compiled:
-        return eager
-    times = timed(torch.compile(model))
+def _step_times(model: torch.nn.Module, step: torch.nn.Module, x: torch.Tensor, steps: int) -> list[float]:
+    """Seconds of ``steps`` + 2 fwd+bwd steps of ``step`` (``model`` or its compiled self); the first two are
+    warm-up (compiled, the first compiles)."""
+    times = []
+    for _ in range(steps + 2):
+        start = time.perf_counter()
+        step(x).logsumexp(1).mean().backward()
+        times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return times
+
+
+def _fwdbwd_s(arch: ArchConfig, steps: int) -> float:
+    """Median seconds of one eager fwd+bwd step."""
+    model, x = _model_and_input(arch)
+    return statistics.median(_step_times(model, model, x, steps)[2:])
+
+
+def _compiled_fwdbwd_s(arch: ArchConfig, steps: int) -> tuple[float, float, float]:
+    """Median seconds of one fwd+bwd step compiled, of one eager step just before it in the same process, and the
+    first compiled step's seconds (the compile time): in the order of ``COMPILE_MEASURES``."""
+    model, x = _model_and_input(arch)
+    eager = statistics.median(_step_times(model, model, x, steps)[2:])
+    times = _step_times(model, torch.compile(model), x, steps)
     return statistics.median(times[2:]), eager, times[0]
 
 
@@ -102,7 +113,7 @@ def _compiled_in_fresh_process(arch: ArchConfig, steps: int) -> tuple[float, flo
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as cache_dir, ProcessPoolExecutor(
             1, mp_context=spawn, initializer=_init_compile_worker, initargs=(cache_dir,)) as pool:
-        return pool.submit(_fwdbwd_s, arch, steps, True).result()
+        return pool.submit(_compiled_fwdbwd_s, arch, steps).result()
 
 
 def measure_round(backbone: str, what: str, round_: int, steps: int) -> dict:
@@ -114,14 +125,14 @@ def measure_round(backbone: str, what: str, round_: int, steps: int) -> dict:
         r = latency_ratio(paper, INFER_RESOLUTION, 1, threads=1, repeats=9, warmup=3, use_cache=False)
         plain_s, paper_s = r.plain_ms / 1e3, r.config_ms / 1e3
         return _row(backbone, what, round_, plain_s, paper_s) | {"ratio": r.ratio}
-    else:
-        def run(arch: ArchConfig) -> float:
-            return _trial_s(arch, seed=0) if what == "trial" else _fwdbwd_s(arch, steps)
 
-        if round_ % 2:
-            paper_s, plain_s = run(paper), run(plain)
-        else:
-            plain_s, paper_s = run(plain), run(paper)
+    def run(arch: ArchConfig) -> float:
+        return _trial_s(arch, seed=0) if what == "trial" else _fwdbwd_s(arch, steps)
+
+    if round_ % 2:
+        paper_s, plain_s = run(paper), run(plain)
+    else:
+        plain_s, paper_s = run(plain), run(paper)
     return _row(backbone, what, round_, plain_s, paper_s)
 
 
@@ -190,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                     if what == "compiled":
                         try:
                             rows = compiled_round(backbone, r, args.steps)
-                        except Exception as e:  # inductor needs a C++ compiler; say so and go on with the rest
-                            print(f"{backbone}: torch.compile cannot run here ({type(e).__name__}: "
+                        except Exception as e:  # e.g. no C++ compiler for inductor: say why, go on with the rest
+                            print(f"{backbone}: the compiled measures failed ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); compiled rows skipped", flush=True)
                             break
                     else:
