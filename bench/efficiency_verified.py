@@ -12,7 +12,8 @@ of a benchmark seed (so configs, and variants, are compared seed by seed):
   than the paper default), the best :data:`MAX_FRONT` by proxy score.
 
 A config trained for one run is not trained again for another run of the same benchmark seed (rows keyed by
-config, backbone, proxy, fidelity and seed in ``<out stem>_measured.csv``; an interrupted measurement resumes).
+config, backbone, seed and the fidelity's every setting, :func:`settings_key`, in ``<out stem>_measured.csv``; an
+interrupted measurement resumes, and rows of a recipe that has changed since are never taken for this one's).
 Per run, from those rows:
 
 * ``v_gain``: the chosen config's verified gain over the plain backbone (plain's validation loss minus the chosen
@@ -38,7 +39,8 @@ from evaluators.fidelity import Fidelity, preset, verification
 from results.pareto import hypervolume, loss_name, pareto_front, to_loss
 from results.schema import CONFIG_JSON
 
-__all__ = ["MAX_FRONT", "MEASURE_SEED_BASE", "canonical", "measure_seeds", "needed", "run_measurements", "verified"]
+__all__ = ["MAX_FRONT", "MEASURE_SEED_BASE", "canonical", "measure_seeds", "measured_at", "needed", "run_measurements",
+           "settings_key", "verified"]
 
 #: Measurement seed k of benchmark seed s is ``MEASURE_SEED_BASE + 100 * s + k``: far from every seed a search
 #: trains with (its trials ``s`` and ``s + attempt``, replicates ``s + 1000 k``, verification ``s + 1000 (100 + k)``).
@@ -48,7 +50,14 @@ MAX_FRONT = 6
 #: The verification score: what the measured configs are compared on.
 V_SCORE = "val_loss"
 MEASURED_COLUMNS = ["backbone", "proxy", "verify", "seed", V_SCORE, "accuracy", "time_s", "torch", "date",
-                    CONFIG_JSON]
+                    "fidelity", CONFIG_JSON]
+
+
+def settings_key(fid: Fidelity) -> str:
+    """A fidelity as benchmark rows record it: every setting but ``threads``, as compact JSON. A preset that changes
+    (a new setting, another value) gets another key, so rows of the earlier recipe stay apart from the new ones."""
+    return json.dumps({k: v for k, v in fid.to_dict().items() if k != "threads"}, sort_keys=True,
+                      separators=(",", ":"))
 
 
 def measure_seeds(seed: int, k: int) -> list[int]:
@@ -60,6 +69,15 @@ def fidelity(proxy: str, verify: str) -> Fidelity:
     if fid is None:
         raise ValueError("--verify off measures nothing: give a fidelity such as 3x")
     return fid
+
+
+def measured_at(measured: pd.DataFrame, backbone: str, proxy: str, verify: str) -> pd.DataFrame:
+    """The rows of ``measured`` trained at ``verify``'s fidelity of ``proxy`` as it is now (rows without a
+    ``fidelity`` column come from before it was recorded, and match nothing)."""
+    if "fidelity" not in measured.columns:
+        return measured.iloc[:0]
+    key = settings_key(fidelity(proxy, verify))
+    return measured[(measured["backbone"] == backbone) & (measured["fidelity"] == key)]
 
 
 def chosen_and_front(trials: pd.DataFrame, objectives: list[str]) -> tuple[str, list[str]]:
@@ -126,17 +144,18 @@ def run_measurements(todo: list[tuple[str, int]], proxy: str, verify: str, backb
     import torch
 
     have = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=MEASURED_COLUMNS)
-    key = (have["backbone"] == backbone) & (have["proxy"] == proxy) & (have["verify"] == verify)
-    done = set(zip(have.loc[key, CONFIG_JSON], have.loc[key, "seed"].astype(int), strict=True))
+    mine = measured_at(have, backbone, proxy, verify)
+    done = set(zip(mine[CONFIG_JSON], mine["seed"].astype(int), strict=True))
     missing = [p for p in dict.fromkeys(todo) if p not in done]
     if not missing:
         return have
-    fid = fidelity(proxy, verify).to_dict()
+    fid = fidelity(proxy, verify)
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(_train, c, fid, s) for c, s in missing]
+        futures = [pool.submit(_train, c, fid.to_dict(), s) for c, s in missing]
         for future in as_completed(futures):
             row = {"backbone": backbone, "proxy": proxy, "verify": verify, **future.result(),
-                   "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+                   "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+                   "fidelity": settings_key(fid)}
             frame = pd.DataFrame([row], columns=MEASURED_COLUMNS)
             frame.to_csv(out, mode="a", header=not out.exists(), index=False)
             have = pd.concat([have, frame], ignore_index=True)

@@ -79,13 +79,29 @@ class Variant:
         return BASE.replace(**self.overrides)
 
 
+# Settings that joined the presets after the committed rows of the variants built from them were measured: those
+# variants leave them out, so that a variant still means what its rows were trained with. rung_sd only steers the
+# scheduler; precise_bn (BatchNorm's statistics recomputed before validating) has variants of its own below.
+_LATER_SETTINGS = ("rung_sd", "precise_bn")
+
+
+def _adopted(fid: Fidelity) -> dict:
+    """``fid``'s settings that differ from :data:`BASE`, less :data:`_LATER_SETTINGS`."""
+    return {k: v for k, v in fid.to_dict().items() if getattr(BASE, k) != v and k not in _LATER_SETTINGS}
+
+
+_PRECISE_BN = {"precise_bn": PRESETS["default"].precise_bn}
+#: Variants that validate with the recomputed statistics; training is step for step that of the same variant
+#: without (same seed, same losses), so the two differ only in what validation measures.
+WITH_PRECISE_BN = {"default-bn": "default", "default-x3-bn": "default-x3"}
+
 # One knob at a time, each sized to about the CPU time of the default (2 x 768 images at 48 px, 500 validation
 # images after each epoch; a validation image costs about a quarter of a training image, measured on resnet50).
 VARIANTS: dict[str, Variant] = {
     # the adopted `default` preset, whatever it is now (its rows are labelled `default`): since the ablation, the
     # learning-rate variant (lr 1e-2, ranked by the training loss)
-    "default": Variant("lr, adopted", {k: v for k, v in preset("default", threads=1).to_dict().items()
-                                       if getattr(BASE, k) != v and k != "rung_sd"}),
+    "default": Variant("lr, adopted", _adopted(preset("default", threads=1))),
+    "default-bn": Variant("BN statistics", {**_adopted(preset("default", threads=1)), **_PRECISE_BN}),
     "base": Variant("(before)", {}),
     "val-2000": Variant("val images", {"train_images": 384, "val_images": 2000}),
     "val-250": Variant("val images", {"train_images": 832, "val_images": 250}),
@@ -104,9 +120,10 @@ VARIANTS: dict[str, Variant] = {
 # Candidate verification fidelities (``--verify Nx``): the `default` preset with N times its training and
 # validation images, every other setting its own; the mean of 2 paired seeds is what a verified finalist gets.
 for _n in (3, 5, 10):
-    VARIANTS[f"default-x{_n}"] = Variant("verification", {
-        k: v for k, v in scaled(preset("default", threads=1), _n).to_dict().items()
-        if getattr(BASE, k) != v and k != "rung_sd"}, replicates=2)
+    VARIANTS[f"default-x{_n}"] = Variant("verification", _adopted(scaled(preset("default", threads=1), _n)),
+                                         replicates=2)
+VARIANTS["default-x3-bn"] = Variant("verification", {**VARIANTS["default-x3"].overrides, **_PRECISE_BN},
+                                    replicates=2)
 
 
 #: The set of configs the committed rows were trained on, 20 per backbone: the two references, SCSA per stage group
@@ -198,6 +215,36 @@ def jobs(items: list[tuple[str, ArchConfig]], variants: list[str], seeds: int, d
     return [j for j in out if (j[0], j[2], j[3], j[5]) not in done]
 
 
+#: A config whose mean validation accuracy stays below this has learnt nothing that validation sees (Fashion-MNIST:
+#: 10 classes, chance 10 %).
+NEAR_CHANCE = 0.15
+
+
+def precise_bn_lines(part: pd.DataFrame) -> list[str]:
+    """Each variant of :data:`WITH_PRECISE_BN` against its twin without, run by run on the same config and seed.
+    Only pairs whose training loss is identical are compared: those are one training validated two ways; the others
+    come from rows that earlier code trained (its numerics differed), and are counted apart. Per variant: how many
+    configs score near chance, and how far validation accuracy and loss move."""
+    lines = []
+    for bn, plain in WITH_PRECISE_BN.items():
+        runs = [part[(part.kind == "proxy") & (part.variant == v)] for v in (plain, bn)]
+        pair = runs[0].merge(runs[1], on=["config", "seed"], suffixes=("", "_bn"))
+        same = pair[pair.loss == pair.loss_bn]
+        if same.empty:
+            if len(pair):
+                lines.append(f"{bn} vs {plain}: none of {len(pair)} pairs trained alike (earlier code's rows)")
+            continue
+        means = same.groupby("config")[["accuracy", "accuracy_bn"]].mean()
+        moved = 100 * (same.accuracy_bn - same.accuracy)
+        low = [int((means[c] < NEAR_CHANCE).sum()) for c in ("accuracy", "accuracy_bn")]
+        lines.append(f"{bn} vs {plain}, the same trainings: {len(same)} runs of {len(means)} configs "
+                     f"({len(pair) - len(same)} more pairs trained apart, by earlier code, left out); configs below "
+                     f"{100 * NEAR_CHANCE:.0f} % mean accuracy {low[0]} -> {low[1]}; accuracy change per run median "
+                     f"{moved.median():+.2f} points ({moved.min():+.2f} .. {moved.max():+.2f}); val_loss change "
+                     f"median {(same.val_loss_bn - same.val_loss).median():+.4f}")
+    return lines
+
+
 def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
     lines = []
     for bb in backbones:
@@ -224,6 +271,7 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
             sd, dof = pooled_sd(g[score].tolist() for _, g in acc.groupby("config"))
             if dof:
                 lines.append(f"default variant, seed sd of {score}: {sd:.4g} (dof {dof})")
+        lines += precise_bn_lines(part)
         default_score = PRESETS["default"].score
         called, agree, pairs = claim_precision(part, long, "default", default_score)
         if pairs:
@@ -266,7 +314,8 @@ def ablation_markdown(df: pd.DataFrame, backbones: list[str]) -> str:
         table = ablation(part, long, variants)
         # The default variant may cover more configs than the knobs (the set grew after the ablation): a second
         # row ranks it on the knobs' configs only, so that it is compared with them like for like.
-        knob_rows = part[(part.kind == "proxy") & part.variant.isin([v for v in variants if v != "default"])]
+        knobs = [v for v in variants if v != "default" and v not in WITH_PRECISE_BN]
+        knob_rows = part[(part.kind == "proxy") & part.variant.isin(knobs)]
         default_rows = part[(part.kind == "proxy") & (part.variant == "default")]
         if len(knob_rows) and set(default_rows.config) != set(knob_rows.config):
             same = ablation(part[part.config.isin(set(knob_rows.config))], long, {"default": variants["default"]})
@@ -325,8 +374,10 @@ def verification_table(df: pd.DataFrame, backbones: list[str]) -> tuple[pd.DataF
                          "lo1": lo, "hi1": hi, "cpu_s": long_runs.cpu_s.mean()})
         runs_of = [("default", 1, score, "proxy (`default`), one seed"),
                    ("default", 2, score, "proxy (`default`), mean of 2 seeds")]
+        runs_of.insert(1, ("default-bn", 1, "val_loss", "proxy, BN recomputed (`default-bn`), one seed"))
         for v in CANDIDATES:
-            label = f"`--verify {v.removeprefix('default-x')}x`, mean of 2 seeds"
+            factor = v.removeprefix("default-x").removesuffix("-bn")
+            label = f"`--verify {factor}x`{', BN recomputed' if v in WITH_PRECISE_BN else ''}, mean of 2 seeds"
             runs_of += [(v, 2, checked, label), (v, 2, score, label)]
         for variant, k, by, label in runs_of:
             runs = part[(part.kind == "proxy") & (part.variant == variant)]

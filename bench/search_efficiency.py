@@ -56,8 +56,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling efficiency_verified, also when imported
-from efficiency_verified import canonical, needed, run_measurements, verified  # noqa: E402
+from efficiency_verified import canonical, measured_at, needed, run_measurements, settings_key, verified  # noqa: E402
 
+from evaluators.fidelity import preset  # noqa: E402
 from results.config_stats import is_verified  # noqa: E402
 from results.frame import read_trials  # noqa: E402
 from results.noise import interval, verdict  # noqa: E402
@@ -186,8 +187,10 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict, pd
     objectives = run_objectives(run_dir)
     configs = df[CONFIG_JSON].map(canonical)
     chosen = canonical(ArchConfig.from_dict(json.loads((run_dir / BEST_JSON).read_text())))
+    recipe = settings_key(preset(args.proxy))
     trials = pd.DataFrame({
-        "variant": variant, "seed": seed, "backbone": args.backbone, "proxy": args.proxy, "budget": budget,
+        "variant": variant, "seed": seed, "backbone": args.backbone, "proxy": args.proxy, "fidelity": recipe,
+        "budget": budget,
         "time_budget_min": args.time_budget, "trial_id": df["trial_id"].astype(str), "status": df["status"],
         "reference": df["reference"].astype("string").fillna(""), objectives[0]: df[objectives[0]],
         objectives[1]: df[objectives[1]], "finished_s": df["trial_id"].astype(str).map(ends).round(1),
@@ -195,7 +198,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict, pd
     })
     counts = df["status"].value_counts().to_dict()
     row = {
-        "variant": variant, "seed": seed, "backbone": args.backbone, "proxy": args.proxy, "budget": budget,
+        "variant": variant, "seed": seed, "backbone": args.backbone, "proxy": args.proxy, "fidelity": recipe,
+        "budget": budget,
         "time_budget_min": args.time_budget, "objectives": ",".join(objectives),
         "trials": len(df), "completed": counts.get("completed", 0), "stopped": counts.get("stopped", 0),
         "failed": counts.get("failed", 0), "wall_s": round(wall, 1), "proxy_s": round(useful, 1),
@@ -513,14 +517,22 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT / "search_efficiency.csv"))
     ap.add_argument("--png", help="the anytime curve (equal-time form)")
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--any-recipe", action="store_true",
+                    help="with --summary-only: summarise the runs whatever their preset's settings (the files from "
+                         "before runs recorded them)")
     args = ap.parse_args()
+    if args.any_recipe and not args.summary_only:
+        ap.error("--any-recipe only summarises: runs of different recipes are not resumed together")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     trials_out = out.with_name(f"{out.stem}_trials.csv")
     measured_out = out.with_name(f"{out.stem}_measured.csv")
     table = pd.read_csv(out) if out.exists() else pd.DataFrame()
     trials = pd.read_csv(trials_out) if trials_out.exists() else pd.DataFrame()
+    # The preset's settings are part of a run's key: runs of a recipe that has changed since (rows without the
+    # column, from before it was recorded, included) are neither resumed nor compared with the new ones.
     key = {"backbone": args.backbone, "proxy": args.proxy,
+           **({} if args.any_recipe else {"fidelity": settings_key(preset(args.proxy))}),
            **({"time_budget_min": args.time_budget} if args.time_budget else {"budget": args.budget})}
     if not args.summary_only:
         for seed in args.seeds:  # seed-major: a partial benchmark still compares the variants on the same seeds
@@ -547,7 +559,10 @@ def main() -> None:
         md = out.with_suffix(".md")  # the table the docs link to: its numbers live here only
         text = time_markdown(sel)
         if measured_out.exists():
-            v = verified_frame(sel, mine, pd.read_csv(measured_out), args.measure_seeds)
+            measured = pd.read_csv(measured_out)
+            if not args.any_recipe:
+                measured = measured_at(measured, args.backbone, args.proxy, args.verify)
+            v = verified_frame(sel, mine, measured, args.measure_seeds)
             if len(v):
                 table_md = verified_markdown(v)
                 text = (f"Measured again ({args.verify} the proxy's images, {args.measure_seeds} fresh paired seeds "
@@ -555,7 +570,8 @@ def main() -> None:
                         f"Single draws, as the searches saw them:\n\n{text}")
                 print(table_md)
         md.write_text(f"<!-- written by `python bench/search_efficiency.py --backbone {args.backbone} --time-budget "
-                      f"{args.time_budget:g} --out {out} --summary-only` -->\n\n{text}")
+                      f"{args.time_budget:g} --out {out} --summary-only{' --any-recipe' * args.any_recipe}` -->\n\n"
+                      f"{text}")
         print(f"table: {md}")
         if args.png:
             print(f"anytime curve: {plot_anytime(sel, mine, Path(args.png))}")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -288,6 +289,10 @@ class ProxyRun:
             self._cpu_rng = torch.get_rng_state()
             if self._cuda_rng is not None:
                 self._cuda_rng = torch.cuda.get_rng_state(self.device)
+        if fid.precise_bn:
+            # A forward in train mode may draw random numbers (dropout): not from the training's stream.
+            with torch.random.fork_rng(devices=self._cuda_devices()):
+                self._recompute_bn_stats(epoch)
         val = self.validate()
         if not math.isfinite(val.loss):
             raise TrainingDiverged(
@@ -311,20 +316,23 @@ class ProxyRun:
         self.history.append(result)
         return result
 
+    def _epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch ``epoch``'s training batches, in the order it trains on them."""
+        fid = self.fidelity
+        # Data seed from (seed, epoch): a new order every epoch, the same for every run with this seed.
+        data_seed = self.seed * 100_003 + epoch
+        if self._subset is None:
+            return self.splits["train"].batches(
+                fid.batch_size, fid.resolution, train=True, seed=data_seed, limit=self.train_images
+            )
+        return _shuffled_batches(*self._subset, fid.batch_size, data_seed)
+
     def _train_one_epoch(self, epoch: int) -> float:
         fid, model, opt = self.fidelity, self.model, self.optimizer
         criterion = nn.CrossEntropyLoss(label_smoothing=fid.label_smoothing)
         model.train()
         loss_sum, steps = 0.0, 0
-        # Data seed from (seed, epoch): a new order every epoch, the same for every run with this seed.
-        data_seed = self.seed * 100_003 + epoch
-        if self._subset is None:
-            batches = self.splits["train"].batches(
-                fid.batch_size, fid.resolution, train=True, seed=data_seed, limit=self.train_images
-            )
-        else:
-            batches = _shuffled_batches(*self._subset, fid.batch_size, data_seed)
-        for x, y in batches:
+        for x, y in self._epoch_batches(epoch):
             factor = _lr_factor(self._step, self.total_steps, self.warmup_steps, fid.schedule)
             for group in opt.param_groups:
                 group["lr"] = fid.lr * factor
@@ -352,6 +360,25 @@ class ProxyRun:
             self._tse_ema = self._tse_ema * self._step_decay + value
             self.images_seen += len(y)
         return loss_sum / max(1, steps)
+
+    def _recompute_bn_stats(self, epoch: int) -> None:
+        """BatchNorm's running statistics as the plain average over the first ``fidelity.precise_bn`` batches of
+        the epoch just trained (same order and images), the weights fixed; see :class:`Fidelity`."""
+        with warnings.catch_warnings():
+            # Imported here: fvcore.nn scripts a loss with torch.jit.script on import, which torch deprecates (a
+            # warning for fvcore, that would otherwise land in the output of every command that imports the proxy).
+            warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+            from fvcore.nn import update_bn_stats
+
+        fid, model = self.fidelity, self.model
+        inputs = []
+        for x, y in self._epoch_batches(epoch):
+            if len(inputs) == fid.precise_bn:
+                break
+            inputs.append(to_device(x, y, self.device, fid.channels_last)[0])
+        model.train()
+        with autocast(self.device, fid.amp):
+            update_bn_stats(model, inputs, num_iters=len(inputs))
 
     def validate(self) -> EvalResult:
         """The current model on the val subset (``fidelity.val_images``)."""

@@ -97,3 +97,15 @@ def test_what_a_run_gives_is_measured_again_on_fresh_paired_seeds():
     md = verified_markdown(frame)
     tpe = next(line for line in md.splitlines() if line.startswith("| tpe-es"))
     assert "+0.1000 ± 0.0000 (better)" in tpe and "+2.00 ± 0.00 (better)" in tpe and "x1.00 (geomean of 2" in tpe
+
+
+def test_measurements_of_another_recipe_are_never_taken_for_this_one():
+    from bench.efficiency_verified import fidelity, measured_at, settings_key
+
+    now = settings_key(fidelity("default", "3x"))
+    before = settings_key(fidelity("default", "3x").replace(precise_bn=0))
+    assert now != before and "threads" not in now
+    rows = pd.DataFrame({"backbone": ["mobilenetv2_100"] * 3 + ["resnet50"], "fidelity": [now, before, now, now],
+                         "seed": [1, 2, 3, 4]})
+    assert measured_at(rows, "mobilenetv2_100", "default", "3x").seed.tolist() == [1, 3]
+    assert measured_at(rows.drop(columns="fidelity"), "mobilenetv2_100", "default", "3x").empty  # unrecorded

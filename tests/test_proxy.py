@@ -99,6 +99,26 @@ def test_interleaved_runs_stay_deterministic_and_leave_the_global_rng_alone():
 
 
 @needs_fmnist
+@pytest.mark.parametrize("augment", [False, True], ids=["subset", "augmented"])
+def test_precise_bn_recomputes_the_statistics_and_changes_nothing_in_training(augment):
+    arch = ArchConfig.baseline("resnet18")
+    fid = TINY.replace(augment=augment)
+    off, on = ProxyRun(arch, fidelity=fid.replace(precise_bn=0)), ProxyRun(arch, fidelity=fid.replace(precise_bn=2))
+    off.run(), on.run()
+    # training is the same step for step: same losses, same weights
+    assert [(r.loss, r.tse, r.tse_ema) for r in off.history] == [(r.loss, r.tse, r.tse_ema) for r in on.history]
+    assert torch.equal(off.model.conv1.weight, on.model.conv1.weight)
+    # the stem's BatchNorm holds the statistics of the last epoch's first 2 batches taken together
+    with torch.no_grad():
+        stem = torch.cat([on.model.conv1(x.to(memory_format=torch.channels_last) if fid.channels_last else x)
+                          for x, _ in list(on._epoch_batches(fid.epochs))[:2]])
+    torch.testing.assert_close(on.model.bn1.running_mean, stem.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(on.model.bn1.running_var, stem.var(dim=(0, 2, 3), unbiased=False),
+                               rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(off.model.bn1.running_mean, on.model.bn1.running_mean, rtol=1e-4, atol=1e-5)
+
+
+@needs_fmnist
 def test_augmented_training_is_deterministic_too():
     fid = TINY.replace(augment=True, epochs=1)
     arch = ArchConfig.baseline("resnet18")
@@ -222,6 +242,8 @@ def test_overrides():
         ("fast", {"channels_last": 1}, r"channels_last=1 must be True or False"),
         ("fast", {"warmup_epochs": 10}, r"warmup_epochs=10 exceeds epochs="),
         ("fast", {"threads": 0}, r"fidelity threads=0 must be a positive integer or None"),
+        ("fast", {"precise_bn": -1}, r"fidelity precise_bn=-1 must be a whole number of batches >= 0 \(0: off\)"),
+        ("fast", {"precise_bn": 2.0}, r"fidelity precise_bn=2.0 must be a whole number of batches"),
         ("fast", {"score": "f1"}, r"score='f1' is unknown; choose one of accuracy, val_loss, loss, tse, tse_ema"),
     ],
 )
