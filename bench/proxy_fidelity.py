@@ -237,11 +237,15 @@ def precise_bn_lines(part: pd.DataFrame) -> list[str]:
         means = same.groupby("config")[["accuracy", "accuracy_bn"]].mean()
         moved = 100 * (same.accuracy_bn - same.accuracy)
         low = [int((means[c] < NEAR_CHANCE).sum()) for c in ("accuracy", "accuracy_bn")]
+        every = [int((r.groupby("config").accuracy.mean() < NEAR_CHANCE).sum()) for r in runs]
+        lines.append(f"{bn} vs {plain}, every row of each: {every[0]} of {runs[0].config.nunique()} configs below "
+                     f"{100 * NEAR_CHANCE:.0f} % mean accuracy -> {every[1]} of {runs[1].config.nunique()}")
         lines.append(f"{bn} vs {plain}, the same trainings: {len(same)} runs of {len(means)} configs "
                      f"({len(pair) - len(same)} more pairs trained apart, by earlier code, left out); configs below "
                      f"{100 * NEAR_CHANCE:.0f} % mean accuracy {low[0]} -> {low[1]}; accuracy change per run median "
                      f"{moved.median():+.2f} points ({moved.min():+.2f} .. {moved.max():+.2f}); val_loss change "
-                     f"median {(same.val_loss_bn - same.val_loss).median():+.4f}")
+                     f"median {(same.val_loss_bn - same.val_loss).median():+.4f}; CPU seconds per run x"
+                     f"{(same.cpu_s_bn / same.cpu_s).median():.3f} (median; the twins ran at different times)")
     return lines
 
 

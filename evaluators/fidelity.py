@@ -41,8 +41,8 @@ class Fidelity:
     name of :data:`~evaluators.scores.SCORES`, read off every epoch's :class:`EpochResult`). ``rung_sd``: the seed
     standard deviation of ``score`` after the first epoch, as measured for the preset (``bench/proxy_fidelity.py``);
     the early-stopping scheduler lets a trial go on that ties with the promoted ones within it (0: plain ASHA).
-    ``precise_bn``: after every epoch, BatchNorm's running statistics are recomputed as the plain average over this
-    many training batches with the weights fixed (fvcore's ``update_bn_stats``, "precise BN"), before validating;
+    ``precise_bn``: after every epoch, BatchNorm's running statistics are recomputed from this many training batches
+    taken together, with the weights fixed (fvcore's ``update_bn_stats``, "precise BN"), before validating;
     0 keeps the running averages that training left. Training itself is unchanged (train mode normalises with the
     batch's own statistics): only validation, testing and the saved weights see the recomputed ones.
     """
@@ -290,8 +290,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 #: ``--verify``: no verification rung.
 VERIFY_OFF = "off"
 #: The verification fidelity a search uses unless told otherwise: the cheapest candidate of
-#: ``bench/proxy_fidelity.py`` that ranks configs against its long run as well as the long run ranks itself
-#: (docs/proxy.md#verification).
+#: ``bench/proxy_fidelity.py``, a second measurement on fresh seeds and 3x the validation images. On 20 configs per
+#: backbone it ranks like the proxy, within intervals that reach the long run's own (docs/proxy.md#verification).
 DEFAULT_VERIFY = "3x"
 VERIFY_FORMS = f"{VERIFY_OFF}, Nx (N times the proxy's images, e.g. 3x) or a preset ({', '.join(PRESETS)})"
 

@@ -34,6 +34,7 @@ same arithmetic for the same map sizes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -362,8 +363,8 @@ class ProxyRun:
         return loss_sum / max(1, steps)
 
     def _recompute_bn_stats(self, epoch: int) -> None:
-        """BatchNorm's running statistics as the plain average over the first ``fidelity.precise_bn`` batches of
-        the epoch just trained (same order and images), the weights fixed; see :class:`Fidelity`."""
+        """BatchNorm's running statistics recomputed from the first ``fidelity.precise_bn`` batches of the epoch
+        just trained (same order and images) taken together, the weights fixed; see :class:`Fidelity`."""
         with warnings.catch_warnings():
             # Imported here: fvcore.nn scripts a loss with torch.jit.script on import, which torch deprecates (a
             # warning for fvcore, that would otherwise land in the output of every command that imports the proxy).
@@ -371,11 +372,8 @@ class ProxyRun:
             from fvcore.nn import update_bn_stats
 
         fid, model = self.fidelity, self.model
-        inputs = []
-        for x, y in self._epoch_batches(epoch):
-            if len(inputs) == fid.precise_bn:
-                break
-            inputs.append(to_device(x, y, self.device, fid.channels_last)[0])
+        batches = itertools.islice(self._epoch_batches(epoch), fid.precise_bn)
+        inputs = [to_device(x, y, self.device, fid.channels_last)[0] for x, y in batches]
         model.train()
         with autocast(self.device, fid.amp):
             update_bn_stats(model, inputs, num_iters=len(inputs))
