@@ -156,10 +156,12 @@ def _check_names(overrides: Mapping[str, Any]) -> None:
 # * precise_bn=4: after 48 steps the running averages can lag far behind the model. SCSA with the softmax gate
 #   in the middle slot of a mobilenetv2_100 block scales the block's features down by about 1/(H*W*C), and the
 #   scale moves fast as the softmax sharpens; the BatchNorm after it then normalised validation images with a
-#   variance about 50x too large, every prediction was one class, and 4 of 20 sampled configs scored 10.0 %
-#   (chance) in every draw while their long runs reached 70-78 %. Recomputing the statistics over 4 batches
-#   (128 images, forward only) gave one of them 39.6 % and left a config without the problem at 53.0 % (53.2 %
-#   before); the training loss, the `default` score, is bit for bit the same (docs/proxy.md#batchnorm-statistics).
+#   variance about 50x too large and every prediction was one class. 6 of 20 mobilenetv2_100 configs of
+#   bench/proxy_fidelity.py scored below 15 % (chance: 10 %) while their long runs reached 66-78 %; with the
+#   statistics recomputed from 4 batches (128 images, forward only) they score 36.9-52.2 %, and validation
+#   accuracy ranks the 20 at +0.79 against the long run instead of +0.40. resnet50 moved within its noise. The
+#   training loss, the `default` score, is bit for bit the same; a trial takes about 3 % longer
+#   (docs/proxy.md#batchnorm-statistics).
 #: The recipe every preset shares (why each choice: above); presets differ in how much they train and see.
 _PROXY_RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "augment": False,
                                  "channels_last": True, "precise_bn": 4}
