@@ -52,7 +52,7 @@ from fidelity_stats import (  # noqa: E402
 from evaluators.fidelity import scaled  # noqa: E402
 from evaluators.proxy import PRESETS, Fidelity, preset  # noqa: E402
 from evaluators.scores import SCORES, verification_score  # noqa: E402
-from results.noise import interval, pooled_sd  # noqa: E402
+from results.noise import interval, pooled_sd, t_quantile  # noqa: E402
 from space import ArchConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -249,6 +249,27 @@ def precise_bn_lines(part: pd.DataFrame) -> list[str]:
     return lines
 
 
+def verification_noise_lines(part: pd.DataFrame, backbone: str, variant: str = "default-x3") -> list[str]:
+    """What a verification at ``variant`` can tell apart: each config's validation loss minus the plain backbone's,
+    seed by seed (the verification's paired difference), its standard deviation over seeds pooled over the configs,
+    and the 95 % half-width of a paired difference of k seeds for k = 2..5 (the t quantile of k - 1 degrees of
+    freedom), beside how far the configs' mean differences from the plain backbone lie."""
+    runs = part[(part.kind == "proxy") & (part.variant == variant)]
+    table = runs.pivot_table(index="config", columns="seed", values="val_loss")
+    plain = f"{backbone}/baseline"
+    if plain not in table.index or table.shape[1] < 2:
+        return []
+    diffs = table.drop(plain).sub(table.loc[plain], axis=1).dropna()
+    sd, dof = pooled_sd(diffs.to_numpy().tolist())
+    if not dof:
+        return []
+    halves = ", ".join(f"{k} seeds ±{t_quantile(0.975, k - 1) * sd / math.sqrt(k):.4f}" for k in range(2, 6))
+    far = diffs.mean(axis=1).abs()
+    return [f"{variant}: val_loss minus the plain backbone's, seed by seed: sd {sd:.4f} pooled over {len(diffs)} "
+            f"configs (dof {dof}); a paired difference's 95 % half-width with {halves}; the configs' mean "
+            f"differences lie {far.median():.4f} (median) and at most {far.max():.4f} from 0"]
+
+
 def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
     lines = []
     for bb in backbones:
@@ -276,6 +297,7 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
             if dof:
                 lines.append(f"default variant, seed sd of {score}: {sd:.4g} (dof {dof})")
         lines += precise_bn_lines(part)
+        lines += verification_noise_lines(part, bb)
         default_score = PRESETS["default"].score
         called, agree, pairs = claim_precision(part, long, "default", default_score)
         if pairs:
