@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluators.proxy import preset, train_proxy  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling trial_time
+from trial_time import trial_seconds  # noqa: E402
+
+from evaluators.proxy import preset  # noqa: E402
 from space import ArchConfig  # noqa: E402
 
 COLUMNS = ["backbone", "config", "round", "off_s", "on_s", "ratio", "precise_bn", "torch", "date"]
@@ -32,10 +34,7 @@ CONFIGS = {"plain": ArchConfig.baseline, "paper_default": ArchConfig.paper_defau
 
 
 def _trial_s(arch: ArchConfig, precise_bn: int) -> float:
-    start = time.perf_counter()
-    for _ in train_proxy(arch, fidelity=preset("default", precise_bn=precise_bn), seed=0):
-        pass
-    return time.perf_counter() - start
+    return trial_seconds(arch, fidelity=preset("default", precise_bn=precise_bn))
 
 
 def measure_round(backbone: str, config: str, round_: int) -> dict:

@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluators.fidelity import preset  # noqa: E402
+from evaluators.fidelity import Fidelity, preset  # noqa: E402
 from evaluators.flops import measure  # noqa: E402
 from evaluators.latency import latency_ratio  # noqa: E402
 from evaluators.proxy import train_proxy  # noqa: E402
@@ -57,9 +57,10 @@ INFER_RESOLUTION = 224
 COLUMNS = ["backbone", "measure", "round", "plain_s", "paper_s", "ratio", "threads", "torch", "date"]
 
 
-def _trial_s(arch: ArchConfig, seed: int) -> float:
+def trial_seconds(arch: ArchConfig, seed: int = 0, fidelity: Fidelity | str = "default") -> float:
+    """Wall seconds of one proxy trial of ``arch`` at ``fidelity`` (data, model, every epoch and its validation)."""
     start = time.perf_counter()
-    for _ in train_proxy(arch, fidelity="default", seed=seed):
+    for _ in train_proxy(arch, fidelity=fidelity, seed=seed):
         pass
     return time.perf_counter() - start
 
@@ -127,7 +128,7 @@ def measure_round(backbone: str, what: str, round_: int, steps: int) -> dict:
         return _row(backbone, what, round_, plain_s, paper_s) | {"ratio": r.ratio}
 
     def run(arch: ArchConfig) -> float:
-        return _trial_s(arch, seed=0) if what == "trial" else _fwdbwd_s(arch, steps)
+        return trial_seconds(arch) if what == "trial" else _fwdbwd_s(arch, steps)
 
     if round_ % 2:
         paper_s, plain_s = run(paper), run(plain)
