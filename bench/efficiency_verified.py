@@ -150,12 +150,12 @@ def run_measurements(todo: list[tuple[str, int]], proxy: str, verify: str, backb
     if not missing:
         return have
     fid = fidelity(proxy, verify)
+    recipe = settings_key(fid)
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(_train, c, fid.to_dict(), s) for c, s in missing]
         for future in as_completed(futures):
             row = {"backbone": backbone, "proxy": proxy, "verify": verify, **future.result(),
-                   "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-                   "fidelity": settings_key(fid)}
+                   "torch": torch.__version__, "date": datetime.date.today().isoformat(), "fidelity": recipe}
             frame = pd.DataFrame([row], columns=MEASURED_COLUMNS)
             frame.to_csv(out, mode="a", header=not out.exists(), index=False)
             have = pd.concat([have, frame], ignore_index=True)

@@ -399,8 +399,8 @@ def verification_table(df: pd.DataFrame, backbones: list[str]) -> tuple[pd.DataF
                          "seeds": 1, "configs": n, "rho": math.nan, "lo": math.nan, "hi": math.nan, "rho1": rho,
                          "lo1": lo, "hi1": hi, "cpu_s": long_runs.cpu_s.mean()})
         runs_of = [("default", 1, score, "proxy (`default`), one seed"),
+                   ("default-bn", 1, "val_loss", "proxy, BN recomputed (`default-bn`), one seed"),
                    ("default", 2, score, "proxy (`default`), mean of 2 seeds")]
-        runs_of.insert(1, ("default-bn", 1, "val_loss", "proxy, BN recomputed (`default-bn`), one seed"))
         for v in CANDIDATES:
             factor = v.removeprefix("default-x").removesuffix("-bn")
             label = f"`--verify {factor}x`{', BN recomputed' if v in WITH_PRECISE_BN else ''}, mean of 2 seeds"

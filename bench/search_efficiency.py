@@ -145,7 +145,9 @@ def time_to_reach(curve: pd.Series, target: float) -> float:
     return float(hit.index[0]) if len(hit) else math.inf
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict, pd.DataFrame]:
+def run_one(variant: str, seed: int, args: argparse.Namespace, recipe: str) -> tuple[dict, pd.DataFrame]:
+    """One search of ``variant`` with ``seed``, its trials' rows and its own, both labelled with ``recipe`` (the
+    preset's :func:`~efficiency_verified.settings_key`)."""
     tag = f"t{args.time_budget:g}min" if args.time_budget else f"b{args.budget}"
     run_dir = OUT / "search_efficiency" / f"{args.backbone}-{args.proxy}-{tag}-{variant}-s{seed}"
     if run_dir.exists():  # an interrupted earlier attempt: start again, its timing would be wrong
@@ -187,7 +189,6 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict, pd
     objectives = run_objectives(run_dir)
     configs = df[CONFIG_JSON].map(canonical)
     chosen = canonical(ArchConfig.from_dict(json.loads((run_dir / BEST_JSON).read_text())))
-    recipe = settings_key(preset(args.proxy))
     trials = pd.DataFrame({
         "variant": variant, "seed": seed, "backbone": args.backbone, "proxy": args.proxy, "fidelity": recipe,
         "budget": budget,
@@ -540,7 +541,7 @@ def main() -> None:
                 if len(table) and _same_run(table, {**key, "variant": variant, "seed": seed}).any():
                     measure(table, trials, {**key, "variant": variant, "seed": seed}, args, measured_out)
                     continue
-                row, rows = run_one(variant, seed, args)
+                row, rows = run_one(variant, seed, args, key["fidelity"])
                 print(f"{variant:>9} seed {seed}: {row['trials']} trials ({row['completed']} completed, "
                       f"{row['stopped']} stopped) in {row['wall_s'] / 60:.1f} min, hv_gain "
                       f"{1e3 * row['hv_gain']:.3f}e-3, overhead {100 * row['overhead_share']:.1f} %", flush=True)
