@@ -3,8 +3,9 @@
 The evidence is, in order of preference: the **verification runs** (the finalists trained again at a higher
 fidelity with paired seeds, ``search/finalists.py``), else the **replicates** (the finalists again at the proxy's
 fidelity), else the **single draws** of the search. Every comparison is paired over the seeds both configs were
-trained with at that fidelity (:func:`results.config_stats.paired_gain`) and stated as a mean gain ± its 95 %
-interval with a verdict: *better*, *worse* or *not distinguishable*.
+trained with at that fidelity (:func:`results.config_stats.paired_gain`, its seed noise estimated over every
+config trained under the same seeds) and stated as a mean gain ± its 95 % interval with a verdict: *better*,
+*worse* or *not distinguishable*.
 
 The default rule, ``verified``, recommends what the evidence shows:
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from results.config_stats import config_means, is_verified, paired_in, seed_table
-from results.noise import Interval, verdict
+from results.noise import Interval, paired_words, verdict
 from results.pareto import OBJECTIVE_DIRECTIONS, REFERENCE_LABELS, pareto_front
 from results.schema import COMPLETED, CONFIG_JSON, SEEDS
 from results.select import DEFAULT_RULE, VERIFIED_RULE, parse_select_rule, select_best
@@ -255,7 +256,7 @@ def _by_rule(seeds: _Seeds, pool: pd.DataFrame, objectives: list[str], rule: str
     if word == BETTER:
         return pick, ""
     measured = "one draw each cannot be told from the seed noise" if math.isnan(diff.half) else \
-        f"{format_gain(diff, objectives[0])} over it, {diff.n} paired seeds, 95 % interval"
+        f"{format_gain(diff, objectives[0])} over it, {paired_words(diff)}, 95 % interval"
     relation = "worse than" if word == WORSE else "not distinguishable from"
     note = (f"The {rule} rule picked {pick['trial_id']}, but it is {relation} the plain backbone ({measured}); the "
             f"plain backbone is chosen instead: attention must earn its cost by more than the noise.")
@@ -273,14 +274,14 @@ def _answer(pick: pd.Series, pool: pd.DataFrame, objectives: list[str], base: st
     plain = by_id[base].row
     if chosen != base:
         f = by_id[chosen]
-        return (f"Use {placement(pick)} ({chosen}): {where} ({f.gain.n} paired seeds), its {quality} differs from "
+        return (f"Use {placement(pick)} ({chosen}): {where} ({paired_words(f.gain)}), its {quality} differs from "
                 f"the plain backbone's by {format_gain(f.gain, quality)} (95 % interval), for "
                 f"{_cost_over(pick, plain, objectives)}.")
     others = [f for f in finalists if f.verdict != SAME]
     if not others:
         return f"Use the plain backbone: no other config was measured {where}."
     top = max(others, key=lambda f: _signed(f.row, quality))
-    why = "one draw each: no interval" if math.isnan(top.gain.half) else "95 % interval"
+    why = "one draw each: no interval" if math.isnan(top.gain.half) else f"{paired_words(top.gain)}, 95 % interval"
     return (f"Use the plain backbone: no config beat it {where}; the best candidate was {top.row['trial_id']} "
             f"({placement(top.row)}) at {format_gain(top.gain, quality)} ({why}), for "
             f"{_cost_over(top.row, plain, objectives)}.")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from results.noise import Interval, interval, paired_difference, pooled_sd
+from results.noise import Interval, blocked_sd, interval, paired_difference, pooled_difference, pooled_sd
 from results.pareto import OBJECTIVE_DIRECTIONS, pareto_front
 from results.schema import COMPLETED, PHASE, REPLICATE_OF, SEEDS, VERIFY, interval_column
 from results.select import select_best
@@ -102,11 +102,20 @@ def paired_gain(df: pd.DataFrame, trial: str, other: str, column: str, verified:
 
 
 def paired_in(table: pd.DataFrame, trial: str, other: str) -> Interval:
-    """:func:`paired_gain` from a :func:`seed_table` built once, for callers that compare many pairs."""
+    """:func:`paired_gain` from a :func:`seed_table` built once, for callers that compare many pairs.
+
+    The seed noise is that of every config of ``table`` trained under all the seeds the pair shares
+    (:func:`results.noise.blocked_sd`): the finalists share their seeds, and 2 seeds give a pair alone 1 degree of
+    freedom. With no other config under those seeds it is the pair's own paired t-interval."""
     if trial not in table.index or other not in table.index:
         return Interval(math.nan, math.nan, 0)
     both = table.loc[[trial, other]].dropna(axis=1)
-    return paired_difference(list(both.loc[trial]), list(both.loc[other]))
+    a, b = list(both.loc[trial]), list(both.loc[other])
+    block = table[both.columns].dropna()
+    if len(block) <= 2 or len(a) < 2:
+        return paired_difference(a, b)
+    sd, dof = blocked_sd(block.to_numpy().tolist())
+    return pooled_difference(a, b, sd, dof, len(block))
 
 
 def rule_order(front: pd.DataFrame, objectives: Sequence[str], rule: str) -> list[str]:

@@ -16,6 +16,7 @@ from evaluators.data import DEFAULT_DATASET
 from results.choice import REPLICATED, VERIFIED, Choice, better_than_plain, format_gain, placement
 from results.io import atomic_write_text
 from results.model import SearchResults
+from results.noise import paired_words
 from results.pareto import OBJECTIVE_LABELS, REFERENCE_LABELS
 from results.schema import BEST_JSON, BEST_MD, COMPLETED, CONFIG_JSON, MMPRETRAIN_PY, SEEDS, interval_column
 from space import ArchConfig
@@ -276,7 +277,7 @@ def best_config_markdown(
             continue
         ref = means[means["reference"] == name].iloc[0]
         lines += ["", f"The chosen config against the {REFERENCE_LABELS[name]}, {_evidence_words(choice, results)}: "
-                      f"{format_gain(diff, choice.score)} (paired over {diff.n} seed(s), 95 % interval): **{word}**; "
+                      f"{format_gain(diff, choice.score)} ({paired_words(diff)}, 95 % interval): **{word}**; "
                       f"for {_fmt(best['gflops'] - ref['gflops'], '+.4f')} GFLOPs."]
     lines += [
         "",

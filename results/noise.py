@@ -6,6 +6,12 @@ scores is larger than that noise, so every comparison this project prints goes t
 (:func:`paired_difference`, which cancels what a seed does to every config alike: data order and
 initialisation), and a plain verdict (:func:`verdict`).
 
+Where several configs were trained under the same seeds (the finalists of a search), the seed noise of a paired
+difference is estimated from all of them (:func:`blocked_sd`, the residual of an additive configs × seeds model)
+rather than from the pair alone: with 2 seeds a pair's own estimate has 1 degree of freedom and a t quantile of
+12.7, 4 verified configs give 3 and 3.18. This assumes the configs' seed noise is alike; with two configs it is
+exactly the paired t-interval.
+
 Written out rather than taken from SciPy (not a dependency): the t quantile is the inverse of the regularised
 incomplete beta function, by bisection on a continued fraction (Numerical Recipes' ``betacf``)::
 
@@ -22,8 +28,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CONFIDENCE", "VERDICTS", "Interval", "interval", "paired_difference", "pooled_sd", "t_quantile",
-           "verdict"]
+__all__ = ["CONFIDENCE", "VERDICTS", "Interval", "blocked_sd", "interval", "paired_difference", "paired_words",
+           "pooled_difference", "pooled_sd", "t_quantile", "verdict"]
 
 CONFIDENCE = 0.95
 VERDICTS = ("better", "worse", "not distinguishable")
@@ -31,12 +37,15 @@ VERDICTS = ("better", "worse", "not distinguishable")
 
 @dataclass(frozen=True)
 class Interval:
-    """``mean`` ± ``half`` at ``confidence``, from ``n`` values (``half`` is NaN below 2 values)."""
+    """``mean`` ± ``half`` at ``confidence``, from ``n`` values (``half`` is NaN below 2 values); ``pooled``: for a
+    paired difference whose noise was estimated over more configs than the pair (:func:`pooled_difference`), how
+    many, else 0."""
 
     mean: float
     half: float
     n: int
     confidence: float = CONFIDENCE
+    pooled: int = 0
 
     @property
     def low(self) -> float:
@@ -135,6 +144,50 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     if len(a) != len(b):
         raise ValueError(f"paired values need the same seeds on both sides, got {len(a)} and {len(b)}")
     return interval((x - y for x, y in zip(a, b, strict=True)), confidence)
+
+
+def blocked_sd(rows: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """The residual standard deviation of an additive model of ``rows`` (one row per config, one column per seed,
+    every config trained under every seed), and its degrees of freedom ``(k - 1) * (n - 1)``: the seed noise of
+    the configs once what each config and each seed does to all is taken out (NaN, 0 below 2 rows or columns)."""
+    table = [[float(x) for x in row] for row in rows]
+    k, n = len(table), (len(table[0]) if table else 0)
+    if any(len(row) != n for row in table):
+        raise ValueError("blocked_sd needs every config under every seed: rows of different lengths")
+    if any(not math.isfinite(x) for row in table for x in row):
+        raise ValueError("blocked_sd needs a finite value for every config under every seed")
+    dof = (k - 1) * (n - 1)
+    if dof <= 0:
+        return math.nan, 0
+    grand = sum(map(sum, table)) / (k * n)
+    row_means = [sum(row) / n for row in table]
+    col_means = [sum(row[j] for row in table) / k for j in range(n)]
+    ss = sum((x - row_means[i] - col_means[j] + grand) ** 2 for i, row in enumerate(table) for j, x in enumerate(row))
+    return math.sqrt(ss / dof), dof
+
+
+def pooled_difference(a: Sequence[float], b: Sequence[float], sd: float, dof: int, configs: int,
+                      confidence: float = CONFIDENCE) -> Interval:
+    """Interval of the mean of ``a[i] - b[i]`` (paired as in :func:`paired_difference`) with the noise of the
+    :func:`blocked_sd` ``sd`` (``dof`` degrees of freedom) of the ``configs`` configs it was estimated over: the
+    half-width is ``t(dof) * sd * sqrt(2 / n)``."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same seeds on both sides, got {len(a)} and {len(b)}")
+    n = len(a)
+    if n == 0:
+        return Interval(math.nan, math.nan, 0, confidence)
+    mean = sum(x - y for x, y in zip(a, b, strict=True)) / n
+    if dof <= 0 or not math.isfinite(sd):
+        return Interval(mean, math.nan, n, confidence)
+    half = t_quantile(0.5 + confidence / 2.0, dof) * sd * math.sqrt(2.0 / n)
+    return Interval(mean, half, n, confidence, pooled=configs)
+
+
+def paired_words(diff: Interval) -> str:
+    """What a paired difference rests on, in words: ``"2 paired seeds"``, and where its noise was pooled,
+    ``"2 paired seeds, seed noise pooled over 4 configs"``."""
+    seeds = f"{diff.n} paired seed{'s' if diff.n != 1 else ''}"
+    return f"{seeds}, seed noise pooled over {diff.pooled} configs" if diff.pooled > 2 else seeds
 
 
 def pooled_sd(groups: Iterable[Sequence[float]]) -> tuple[float, int]:

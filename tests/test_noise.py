@@ -6,12 +6,22 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from results.config_stats import config_means, finalists, noise_estimate, paired_gain, rule_order
 from results.frame import trials_frame
-from results.noise import interval, paired_difference, pooled_sd, t_quantile, verdict
+from results.noise import (
+    blocked_sd,
+    interval,
+    paired_difference,
+    paired_words,
+    pooled_difference,
+    pooled_sd,
+    t_quantile,
+    verdict,
+)
 from results.pareto import pareto_front
 from space import ArchConfig, SearchSpace
 
@@ -57,6 +67,50 @@ def test_pooled_sd_weights_groups_by_their_degrees_of_freedom():
     assert pooled_sd([[1.0], [2.0]]) == (pytest.approx(math.nan, nan_ok=True), 0)
 
 
+def _additive_fit_residual(rows: list[list[float]]) -> tuple[float, int]:
+    """The residual sd of configs × seeds by least squares on indicator columns: the model fitted the long way."""
+    k, n = len(rows), len(rows[0])
+    design, y = [], []
+    for i in range(k):
+        for j in range(n):
+            design.append([1.0] + [float(i == c) for c in range(1, k)] + [float(j == s) for s in range(1, n)])
+            y.append(rows[i][j])
+    x, target = np.array(design), np.array(y)
+    coef, *_ = np.linalg.lstsq(x, target, rcond=None)
+    dof = k * n - x.shape[1]
+    return math.sqrt(float(((target - x @ coef) ** 2).sum()) / dof), dof
+
+
+def test_blocked_sd_is_the_residual_of_the_additive_model():
+    rows = [[0.80, 0.83, 0.78, 0.81], [0.82, 0.84, 0.81, 0.80], [0.79, 0.85, 0.76, 0.84]]
+    sd, dof = blocked_sd(rows)
+    want_sd, want_dof = _additive_fit_residual(rows)
+    assert dof == want_dof == 6 and sd == pytest.approx(want_sd, rel=1e-9)
+    # what every seed does to all configs alike, and what every config does under every seed, is no noise
+    additive = [[c + s for s in (0.0, 0.3, -0.2)] for c in (0.5, 0.7, 0.6)]
+    assert blocked_sd(additive)[0] == pytest.approx(0.0, abs=1e-12)
+    assert blocked_sd([[0.8, 0.9]]) == (pytest.approx(math.nan, nan_ok=True), 0)  # one config: no residual
+    with pytest.raises(ValueError, match="every config under every seed"):
+        blocked_sd([[0.8, 0.9], [0.7]])
+    with pytest.raises(ValueError, match="finite value"):
+        blocked_sd([[0.8, 0.9], [0.7, math.nan]])
+
+
+def test_a_pooled_difference_of_two_configs_is_their_paired_t_interval():
+    a, b = [0.81, 0.85, 0.80], [0.79, 0.80, 0.80]
+    sd, dof = blocked_sd([a, b])
+    pooled, paired = pooled_difference(a, b, sd, dof, 2), paired_difference(a, b)
+    assert pooled.mean == pytest.approx(paired.mean) and pooled.half == pytest.approx(paired.half, rel=1e-9)
+    assert paired_words(pooled) == "3 paired seeds"
+    # more configs under the same seeds: more degrees of freedom, said so
+    more = pooled_difference(a, b, 0.01, 6, 4)
+    assert more.half == pytest.approx(t_quantile(0.975, 6) * 0.01 * math.sqrt(2 / 3)) and more.pooled == 4
+    assert paired_words(more) == "3 paired seeds, seed noise pooled over 4 configs"
+    assert math.isnan(pooled_difference([0.8], [0.7], math.nan, 0, 3).half)
+    with pytest.raises(ValueError, match="same seeds on both sides"):
+        pooled_difference([1, 2], [1], 0.1, 2, 3)
+
+
 def _frame(accs: dict[int, list[float]], gflops=(1.82, 1.83, 1.825, 1.826)) -> pd.DataFrame:
     """Configs 0..3 (plain, paper default, two samples); config i trained with len(accs[i]) seeds."""
     archs = [ArchConfig.baseline("resnet18"), ArchConfig.paper_default("resnet18"),
@@ -93,7 +147,10 @@ def test_noise_estimate_and_paired_gain_from_the_replicates():
     sd, dof = noise_estimate(df, "accuracy")
     assert dof == 6 and sd == pytest.approx(0.02)
     gain = paired_gain(df, "t2", "t0", "accuracy")
-    assert gain.mean == pytest.approx(0.05) and gain.half == pytest.approx(0.0, abs=1e-12) and gain.n == 3
+    # t2 is t0 + 0.05 on every seed, but the seed noise is that of t0, t1 and t2, all under the same 3 seeds
+    sd, dof = blocked_sd([[0.80, 0.82, 0.78], [0.81, 0.79, 0.83], [0.85, 0.87, 0.83]])
+    assert gain.mean == pytest.approx(0.05) and gain.n == 3 and gain.pooled == 3 and dof == 4
+    assert gain.half == pytest.approx(t_quantile(0.975, 4) * sd * math.sqrt(2 / 3)) and gain.half > 0.0
     assert paired_gain(df, "t3", "t0", "accuracy").n == 1  # one shared seed: no interval
     assert math.isnan(paired_gain(df, "t9", "t0", "accuracy").mean)
 

@@ -126,7 +126,7 @@ def test_search_end_to_end(smoke_search):
     assert md.startswith("# Recommendation") and answer.startswith("**Use ")
     assert "verified at 3x the proxy's images" in answer
     assert "Seed noise at the proxy's fidelity: the pooled within-config standard deviation of accuracy is" in md
-    assert "(paired over 2 seed(s), 95 % interval): **" in md and " (3 seeds) |" in md
+    assert "(2 paired seeds, seed noise pooled over " in md and " (3 seeds) |" in md
     # every finalist against the plain backbone, proxy claim beside the verified result, in the file; the answer
     # and the sentence naming those distinguishably better open the end of the output
     assert "| proxy claim | verified | verdict | held | tied with best |" in md
