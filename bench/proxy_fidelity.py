@@ -52,7 +52,7 @@ from fidelity_stats import (  # noqa: E402
 from evaluators.fidelity import scaled  # noqa: E402
 from evaluators.proxy import PRESETS, Fidelity, preset  # noqa: E402
 from evaluators.scores import SCORES, verification_score  # noqa: E402
-from results.noise import interval, pooled_sd, t_quantile  # noqa: E402
+from results.noise import blocked_sd, interval, pooled_difference, pooled_sd, t_quantile, verdict  # noqa: E402
 from space import ArchConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -249,11 +249,15 @@ def precise_bn_lines(part: pd.DataFrame) -> list[str]:
     return lines
 
 
-def verification_noise_lines(part: pd.DataFrame, backbone: str, variant: str = "default-x3") -> list[str]:
+def verification_noise_lines(part: pd.DataFrame, backbone: str, variant: str = "default-x3",
+                             finalists: int = 4) -> list[str]:
     """What a verification at ``variant`` can tell apart: each config's validation loss minus the plain backbone's,
     seed by seed (the verification's paired difference), its standard deviation over seeds pooled over the configs,
-    and the 95 % half-width of a paired difference of k seeds for k = 2..5 (the t quantile of k - 1 degrees of
-    freedom), beside how far the configs' mean differences from the plain backbone lie."""
+    and the 95 % half-width of a paired difference of k seeds for k = 2..5: with the pair's own noise (the t
+    quantile of k - 1 degrees of freedom), and with the noise pooled over ``finalists`` verified configs, as a
+    search estimates it (``results.config_stats.paired_in``: (finalists - 1)(k - 1) degrees of freedom; 4 is what
+    the default 200-trial search verifies, ``search.finalists.max_finalists``), beside how far the configs' mean
+    differences from the plain backbone lie."""
     runs = part[(part.kind == "proxy") & (part.variant == variant)]
     table = runs.pivot_table(index="config", columns="seed", values="val_loss")
     plain = f"{backbone}/baseline"
@@ -264,10 +268,35 @@ def verification_noise_lines(part: pd.DataFrame, backbone: str, variant: str = "
     if not dof:
         return []
     halves = ", ".join(f"{k} seeds ±{t_quantile(0.975, k - 1) * sd / math.sqrt(k):.4f}" for k in range(2, 6))
+    pooled = ", ".join(f"{k} seeds ±{t_quantile(0.975, (finalists - 1) * (k - 1)) * sd / math.sqrt(k):.4f}"
+                       for k in range(2, 6))
     far = diffs.mean(axis=1).abs()
     return [f"{variant}: val_loss minus the plain backbone's, seed by seed: sd {sd:.4f} pooled over {len(diffs)} "
-            f"configs (dof {dof}); a paired difference's 95 % half-width with {halves}; the configs' mean "
-            f"differences lie {far.median():.4f} (median) and at most {far.max():.4f} from 0"]
+            f"configs (dof {dof}); a paired difference's 95 % half-width with its own noise: {halves}; with the "
+            f"noise pooled over {finalists} verified configs: {pooled}; the configs' mean differences lie "
+            f"{far.median():.4f} (median) and at most {far.max():.4f} from 0"]
+
+
+def long_verdict_lines(part: pd.DataFrame, backbone: str) -> list[str]:
+    """Which configs the long run itself tells apart from the plain backbone: each config's long-run accuracy
+    against the plain backbone's, paired over the seeds all configs share, with the seed noise pooled over them
+    (``results.config_stats.paired_in``, as a search's verification compares its finalists)."""
+    long = part[part.kind == "long"]
+    table = long.pivot_table(index="config", columns="seed", values="accuracy").dropna()
+    plain = f"{backbone}/baseline"
+    if plain not in table.index or table.shape[1] < 2 or len(table) < 3:
+        return []
+    sd, dof = blocked_sd(table.to_numpy().tolist())
+    found: dict[str, list[str]] = {"better": [], "worse": []}
+    for config in table.index.drop(plain):
+        diff = pooled_difference(list(table.loc[config]), list(table.loc[plain]), sd, dof, len(table))
+        word = verdict(diff)
+        if word in found:
+            found[word].append(f"{config.split('/', 1)[1]} {diff.format(100, 2)}")
+    said = "; ".join(f"{word}: {', '.join(names) if names else 'none'}" for word, names in found.items())
+    return [f"long run against the plain backbone (accuracy points, {table.shape[1]} paired seeds, seed noise pooled "
+            f"over {len(table)} configs, sd {100 * sd:.2f} points, dof {dof}; the other "
+            f"{len(table) - 1 - sum(map(len, found.values()))} not distinguishable): {said}"]
 
 
 def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
@@ -282,6 +311,7 @@ def summarise(df: pd.DataFrame, backbones: list[str]) -> str:
                      f"{100 * long.min():.2f}-{100 * long.max():.2f} %")
         sd_long, _ = pooled_sd(g.accuracy.tolist() for _, g in part[part.kind == "long"].groupby("config"))
         lines.append(f"long-run seed sd (pooled): {100 * sd_long:.2f} points")
+        lines += long_verdict_lines(part, bb)
         table = ablation(part, long, {n: (v.knob, v.replicates) for n, v in VARIANTS.items()})
         if not table.empty:
             table = table.sort_values("rho", ascending=False)
