@@ -37,7 +37,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -53,6 +52,7 @@ from .data import Split, load_splits
 from .device import resolve_device
 from .evaluate import EpochResult, EvalResult, TrainingDiverged, autocast, evaluate, to_device
 from .fidelity import OPTIMIZERS, PRESETS, SCHEDULES, STEMS, Fidelity, parse_overrides, preset
+from .fvcore_nn import update_bn_stats
 
 __all__ = [
     "OPTIMIZERS",
@@ -365,12 +365,6 @@ class ProxyRun:
     def _recompute_bn_stats(self, epoch: int) -> None:
         """BatchNorm's running statistics recomputed from the first ``fidelity.precise_bn`` batches of the epoch
         just trained (same order and images) taken together, the weights fixed; see :class:`Fidelity`."""
-        with warnings.catch_warnings():
-            # Imported here: fvcore.nn scripts a loss with torch.jit.script on import, which torch deprecates (a
-            # warning for fvcore, that would otherwise land in the output of every command that imports the proxy).
-            warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
-            from fvcore.nn import update_bn_stats
-
         fid, model = self.fidelity, self.model
         batches = itertools.islice(self._epoch_batches(epoch), fid.precise_bn)
         inputs = [to_device(x, y, self.device, fid.channels_last)[0] for x, y in batches]
