@@ -550,8 +550,10 @@ def main() -> None:
         print(f"no runs yet in {out}; the committed rows are in docs/bench/proxy_fidelity.csv (--out)")
         return
     print(summarise(df, args.backbones))
-    for name, md in (("ablation", ablation_markdown(df, args.backbones)),
-                     ("verification", verification_table(df, args.backbones)[1])):
+    # The tables are the committed ones: every backbone of the rows, whichever --backbones this run trained.
+    tabled = [b for b in BACKBONES if b in set(df.backbone)]
+    for name, md in (("ablation", ablation_markdown(df, tabled)),
+                     ("verification", verification_table(df, tabled)[1])):
         md_path = out.with_name(f"{out.stem}_{name}.md")
         md_path.write_text(f"<!-- written by `python bench/proxy_fidelity.py --summary-only --out {out}` -->\n\n{md}")
         print(f"\n{name} ({md_path}):\n{md}")
