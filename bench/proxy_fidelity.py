@@ -52,7 +52,8 @@ from fidelity_stats import (  # noqa: E402
 from evaluators.fidelity import scaled  # noqa: E402
 from evaluators.proxy import PRESETS, Fidelity, preset  # noqa: E402
 from evaluators.scores import SCORES, verification_score  # noqa: E402
-from results.noise import blocked_sd, interval, pooled_difference, pooled_sd, t_quantile, verdict  # noqa: E402
+from results.config_stats import paired_in  # noqa: E402
+from results.noise import blocked_sd, interval, pooled_sd, t_quantile, verdict  # noqa: E402
 from space import ArchConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -286,10 +287,10 @@ def long_verdict_lines(part: pd.DataFrame, backbone: str) -> list[str]:
     plain = f"{backbone}/baseline"
     if plain not in table.index or table.shape[1] < 2 or len(table) < 3:
         return []
-    sd, dof = blocked_sd(table.to_numpy().tolist())
+    sd, dof = blocked_sd(table.to_numpy().tolist())  # for the line; paired_in pools the same noise
     found: dict[str, list[str]] = {"better": [], "worse": []}
     for config in table.index.drop(plain):
-        diff = pooled_difference(list(table.loc[config]), list(table.loc[plain]), sd, dof, len(table))
+        diff = paired_in(table, config, plain)
         word = verdict(diff)
         if word in found:
             found[word].append(f"{config.split('/', 1)[1]} {diff.format(100, 2)}")

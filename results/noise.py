@@ -171,16 +171,11 @@ def pooled_difference(a: Sequence[float], b: Sequence[float], sd: float, dof: in
     """Interval of the mean of ``a[i] - b[i]`` (paired as in :func:`paired_difference`) with the noise of the
     :func:`blocked_sd` ``sd`` (``dof`` degrees of freedom) of the ``configs`` configs it was estimated over: the
     half-width is ``t(dof) * sd * sqrt(2 / n)``."""
-    if len(a) != len(b):
-        raise ValueError(f"paired values need the same seeds on both sides, got {len(a)} and {len(b)}")
-    n = len(a)
-    if n == 0:
-        return Interval(math.nan, math.nan, 0, confidence)
-    mean = sum(x - y for x, y in zip(a, b, strict=True)) / n
-    if dof <= 0 or not math.isfinite(sd):
-        return Interval(mean, math.nan, n, confidence)
-    half = t_quantile(0.5 + confidence / 2.0, dof) * sd * math.sqrt(2.0 / n)
-    return Interval(mean, half, n, confidence, pooled=configs)
+    own = paired_difference(a, b, confidence)  # the mean and the seeds; its half-width is replaced
+    if own.n == 0 or dof <= 0 or not math.isfinite(sd):
+        return Interval(own.mean, math.nan, own.n, confidence)
+    half = t_quantile(0.5 + confidence / 2.0, dof) * sd * math.sqrt(2.0 / own.n)
+    return Interval(own.mean, half, own.n, confidence, pooled=configs)
 
 
 def paired_words(diff: Interval) -> str:
