@@ -97,6 +97,12 @@ def test_what_a_run_gives_is_measured_again_on_fresh_paired_seeds():
     md = verified_markdown(frame)
     tpe = next(line for line in md.splitlines() if line.startswith("| tpe-es"))
     assert "+0.1000 ± 0.0000 (better)" in tpe and "+2.00 ± 0.00 (better)" in tpe and "x1.00 (geomean of 2" in tpe
+    # a seed whose random search verified nothing better than the plain backbone sets no time to beat: it says so
+    frame = pd.concat([frame, pd.DataFrame([dict(variant=v, seed=2, hv_gain=0.01, v_gain=0.0, v_hv_gain=h,
+                                                 chosen_is_plain=True, curve=pd.Series([h], index=[32.0]))
+                                            for v, h in (("random", 0.0), ("tpe-es", 0.003))])])
+    tpe = next(line for line in verified_markdown(frame).splitlines() if line.startswith("| tpe-es"))
+    assert "x1.00 (geomean of 2; never on 0 of 2 seeds; random found nothing on 1 of 3)" in tpe
 
 
 def test_measurements_of_another_recipe_are_never_taken_for_this_one():
