@@ -12,7 +12,9 @@ max pooling, global pooling, heads, sigmoid or softmax gates, attention dropout,
   largest kernel (exact: a zero tap adds nothing) and the H and W strips are laid end to end with a zero gap of
   ``k_max // 2`` so that no output position sees the other strip.
 * PCSA never materialises the C x C attention matrix: channels are the tokens of a standard attention whose feature
-  dimension is the N pooled positions, so ``F.scaled_dot_product_attention`` applies.
+  dimension is the N pooled positions, so ``F.scaled_dot_product_attention`` applies. With one pooled cell
+  (N = 1) on CPU not even the C x C exponentials are computed: the attention is a power series in the logits'
+  scalar factors, exact to float32 precision (``scsa_ops.channel_attention``).
 
 Maps smaller than the window: the authors' ``AvgPool2d(window)`` fails on them (window 7 on a 4x4 map). Here the
 pooling window is clamped per axis to the map (``min(window, H)``, ``min(window, W)``), so such a map is pooled to a

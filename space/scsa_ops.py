@@ -20,12 +20,19 @@ the way ``torch.utils.checkpoint`` nests graphs. Its parameters are inputs of th
 flow out.
 
 Everything is exact (the same products and sums as the plain ops, in another order) and is bypassed while
-tracing (FLOP counters and exporters see plain aten ops), under ``torch.compile`` (one graph for inductor to fuse)
-and when no gradient is needed (plain ops are already lean for inference).
+tracing (FLOP counters and exporters see plain aten ops) and under ``torch.compile`` (one graph for inductor to
+fuse). When no gradient is needed the forward passes run without the autograd node (inference).
+
+PCSA on a map its pooling window covers (one pooled cell, one feature per channel token; most maps of a proxy and
+the last stage at 224 px) spends most of SCSA's time on CPU in the C^2 exponentials of its softmax, with or
+without gradients. There the logits are products of two scalars and the attention is evaluated as a power series
+(:func:`channel_attention`), in float64 with a truncation error bounded far below float32's rounding, in training
+and inference alike.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,13 +41,18 @@ import torch.nn.functional as F
 ChannelGate = Callable[..., torch.Tensor]
 
 
+def tracing_or_compiling() -> bool:
+    """True while a tracer, TorchScript or ``torch.compile`` records the module: it must see plain aten ops (FLOP
+    counters count them, inductor fuses them) and no data-dependent Python branches."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def use_plain_ops(*tensors: torch.Tensor | None) -> bool:
     """True where the custom autograd nodes bring nothing (or must not appear): tracing, scripting, compiling,
     no grad. Under ``torch.compile`` the nodes' nested ``torch.autograd.grad`` would break the graph in three per
     SCSA (and a model with many SCSA then runs past dynamo's recompile limit); plain ops give one graph that
     inductor fuses itself."""
-    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or not torch.is_grad_enabled()):
+    if tracing_or_compiling() or not torch.is_grad_enabled():
         return True
     return not any(t is not None and t.requires_grad for t in tensors)
 
@@ -65,6 +77,34 @@ def _chunks(batch: int, per_sample: int, elements: int | None = None) -> list[sl
     return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
 
 
+def _strip_product_and_pool(
+    x: torch.Tensor, a_h: torch.Tensor, a_w: torch.Tensor, kernel: tuple[int, int], mode: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward passes over the full map: ``(out, y, pool_state)`` with y the pooled ``x * a_h * a_w``.
+
+    For average pooling ``out`` holds ``x * a_h`` only (still to be scaled by ``a_w`` times the gate) and
+    ``pool_state`` the tile row sums; for max pooling ``out`` is ``x * a_h * a_w`` and ``pool_state`` the indices.
+    """
+    b, c, h, w = x.shape
+    kh, kw = kernel
+    hp, wp = h // kh, w // kw
+    col_h, row_w = a_h.unsqueeze(3), a_w.unsqueeze(2)
+    out = torch.empty_like(x)  # x's memory format: see _GatedStripProduct.backward
+    if mode == "avg":
+        # Tile sums of x * a_h over the tile's rows: a reduction over a middle dimension (vectorised along W),
+        # unlike sums over a tile's few columns. Times a_w and summed over the tile's columns on this 1/kh-size
+        # map they give the pooled map; backward reuses them for pooling's share of grad_a_w.
+        rows = x.new_empty(b, c, hp, w)
+        for ch in _chunks(b, c * h * w):
+            o = torch.mul(x[ch], col_h[ch], out=out[ch])
+            torch.sum(o[:, :, : hp * kh].unflatten(2, (hp, kh)), 3, out=rows[ch])
+        y = (rows * row_w)[..., : wp * kw].unflatten(3, (wp, kw)).sum(4).div_(kh * kw)
+        return out, y, rows
+    torch.mul(x, col_h, out=out).mul_(row_w)
+    y, indices = F.max_pool2d(out, kernel, kernel, return_indices=True)
+    return out, y, indices
+
+
 class _GatedStripProduct(torch.autograd.Function):
     """``xs * gate(pool(xs))`` with ``xs = x * a_h[..., None] * a_w[..., None, :]``.
 
@@ -83,24 +123,8 @@ class _GatedStripProduct(torch.autograd.Function):
         gate: ChannelGate,
         *params: torch.Tensor,
     ) -> torch.Tensor:
-        b, c, h, w = x.shape
-        kh, kw = kernel
-        hp, wp = h // kh, w // kw
-        col_h, row_w = a_h.unsqueeze(3), a_w.unsqueeze(2)
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        if mode == "avg":
-            # Tile sums of x * a_h over the tile's rows: a reduction over a middle dimension (vectorised along W),
-            # unlike sums over a tile's few columns. Times a_w and summed over the tile's columns on this 1/kh-size
-            # map they give the pooled map; backward reuses them for pooling's share of grad_a_w.
-            rows = x.new_empty(b, c, hp, w)
-            for ch in _chunks(b, c * h * w):
-                o = torch.mul(x[ch], col_h[ch], out=out[ch])
-                torch.sum(o[:, :, : hp * kh].unflatten(2, (hp, kh)), 3, out=rows[ch])
-            y = (rows * row_w)[..., : wp * kw].unflatten(3, (wp, kw)).sum(4).div_(kh * kw)
-            pool_state = rows
-        else:
-            torch.mul(x, col_h, out=out).mul_(row_w)
-            y, pool_state = F.max_pool2d(out, kernel, kernel, return_indices=True)
+        row_w = a_w.unsqueeze(2)
+        out, y, pool_state = _strip_product_and_pool(x, a_h, a_w, kernel, mode)
         # The gate is an ordinary autograd graph on detached leaves, differentiated in backward.
         with torch.enable_grad():
             y_leaf = y.detach().requires_grad_()
@@ -125,8 +149,10 @@ class _GatedStripProduct(torch.autograd.Function):
         chunks = _chunks(b, c * h * w)
         # grad_x first: it can then take over the block of a just-freed full-size tensor (such as the output)
         # instead of fresh memory, whose page faults cost more than a pass over the map.
-        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        scratch = x.new_empty((chunks[0].stop - chunks[0].start, c, h, w))
+        # In x's memory format (channels-last as a proxy trains: otherwise every pass mixes layouts and the next
+        # convolution copies); max pooling's scatter needs a contiguous (B, C, H*W) view of it.
+        grad_x = torch.empty_like(x) if mode == "avg" else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        scratch = torch.empty_like(x[chunks[0]])
 
         # Column sums of grad * x * a_h give d gate (sum over the map of grad * xs) and the product's share of
         # grad_a_w (gate times them).
@@ -284,6 +310,101 @@ class _ChannelAttention(torch.autograd.Function):
         return grad_q.transpose(1, 2), grad_k.transpose(1, 2), left_a[:, 2 * n :].transpose(1, 2), None
 
 
+#: Bound on the series form's truncation error, relative to the exponentials' sums (in float64): far below float32's
+#: rounding (6e-8), so its values and gradients are the softmax's to the precision of the model.
+SERIES_TOL = 1e-12
+#: Where the series form pays (measured on CPU, one thread, forward + backward at batch 32 and inference at batch 1):
+#: a term costs about as much as 7 of the softmax's logits per token, and its fixed cost of some 30 small ops as
+#: 2^18 logits in all. So: fewer than T / 7 terms and at least 2^18 logits (rows x T^2), never more than 40 terms.
+SERIES_TERM_COST, SERIES_MIN_LOGITS, SERIES_MAX_TERMS = 7, 2**18, 40
+
+
+def series_terms(bound: float) -> int | None:
+    """Terms M of exp's Taylor series that keep the truncation error of every ``exp(x)``, ``|x| <= bound``, and of
+    its derivative's series (one term fewer) below ``SERIES_TOL`` relative to a row's sum, whose every term is at
+    least ``exp(-bound)``: the smallest M with ``bound^(M-1) / (M-1)! * exp(2 bound) <= SERIES_TOL``. ``None`` past
+    ``SERIES_MAX_TERMS``."""
+    if bound <= 0.0:
+        return 2
+    log_term, log_tol = 0.0, math.log(SERIES_TOL) - 2.0 * bound
+    for k in range(1, SERIES_MAX_TERMS):
+        log_term += math.log(bound) - math.log(k)  # log(bound^k / k!)
+        if log_term <= log_tol:
+            return k + 1
+    return None
+
+
+class _SeriesAttention(torch.autograd.Function):
+    """``softmax_j(a_i u_j) @ v`` for one feature per token as a power series: a, u, v (R, T, 1) in float64.
+
+    With ``U[j, m] = u_j^m / m!`` and ``A[i, m] = a_i^m`` (R, T, M), the moments ``P = [1, v]^T U`` (R, 2, M)
+    give every row's sums ``A P^T = [sum_j exp(a_i u_j), sum_j exp(a_i u_j) v_j]`` and z is their ratio. Backward
+    by hand: autograd's gradient of the cumulative products that build A and U costs several times the rest.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, u: torch.Tensor, v: torch.Tensor, terms: int) -> torch.Tensor:
+        rows, t, _ = a.shape
+        ones = a.new_ones(rows, t, 1)
+        steps = torch.arange(1, terms, dtype=a.dtype, device=a.device)
+        # u^m / m! and a^m as cumulative products of u / m and of a
+        u_pow = torch.cat([ones, u / steps], 2).cumprod(2)
+        a_pow = torch.cat([ones, a.expand(rows, t, terms - 1)], 2).cumprod(2)
+        moments = torch.bmm(torch.cat([ones, v], 2).transpose(1, 2), u_pow)  # (R, 2, M)
+        sums = torch.bmm(a_pow, moments.transpose(1, 2))  # (R, T, 2)
+        den = sums[..., :1]
+        z = sums[..., 1:] / den
+        ctx.save_for_backward(v, u_pow, a_pow, moments, den, z)
+        return z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_z: torch.Tensor):
+        v, u_pow, a_pow, moments, den, z = ctx.saved_tensors
+        terms = u_pow.shape[2]
+        # z = num / den: the gradients of the two sums, as (R, T, 2) in the order of ``moments``' rows
+        grad_sums = torch.cat([-grad_z * z, grad_z], 2) / den
+        # d/da_i sum_m a_i^m P_m = sum_m m a_i^(m-1) P_m
+        orders = torch.arange(1, terms, dtype=v.dtype, device=v.device)
+        slopes = torch.bmm(grad_sums, moments[..., 1:] * orders)  # (R, T, M-1)
+        grad_a = (slopes * a_pow[..., :-1]).sum(2, keepdim=True)
+        grad_moments = torch.bmm(grad_sums.transpose(1, 2), a_pow)  # (R, 2, M)
+        # moments = [1, v]^T U: d/dv_j = sum_m dP1_m U_jm; d/du_j = sum_m [1, v_j] dP_m u_j^(m-1) / (m-1)!
+        grad_v = torch.bmm(u_pow, grad_moments[:, 1:].transpose(1, 2))
+        shifted = grad_moments[..., 1:]
+        per_term = torch.baddbmm(shifted[:, :1].expand(-1, u_pow.shape[1], -1), v, shifted[:, 1:])  # (R, T, M-1)
+        grad_u = (per_term * u_pow[..., :-1]).sum(2, keepdim=True)
+        return grad_a, grad_u, grad_v, None
+
+
+def _series_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """``softmax(scale * q k^T) @ v`` for one feature per token, q, k, v (R, T, 1), without the T x T matrix.
+
+    With one feature the logits are the products ``a_i u_j`` of two scalars (``a = scale * q``, ``u = k - c``: a
+    shift of k changes no softmax row), so every row's sums of exponentials are one power series in ``a_i``
+    whose coefficients are the moments of ``u`` shared by all rows::
+
+        sum_j exp(a_i u_j) v_j = sum_m a_i^m * (sum_j v_j u_j^m / m!)
+
+    A few (T x M) products replace T^2 exponentials. The number of terms M follows from the largest
+    ``|a_i u_j|`` (``series_terms``); ``c`` centres k's range to keep it small. Computed in float64, so the
+    alternating sums lose nothing to cancellation at the bounds allowed. Returns ``None`` where the series would
+    cost more than the softmax.
+    """
+    rows, t, _ = q.shape
+    if rows * t * t < SERIES_MIN_LOGITS:
+        return None
+    a, kd = q.double().mul(scale), k.double()
+    with torch.no_grad():
+        lo, hi = torch.aminmax(kd, dim=1, keepdim=True)
+        center = (hi + lo) / 2
+        bound = float((a.abs().amax(1, keepdim=True) * (hi - lo) / 2).max())
+    terms = series_terms(bound)
+    if terms is None or terms * SERIES_TERM_COST >= t:
+        return None
+    return _SeriesAttention.apply(a, kd - center, v.double(), terms).to(q.dtype)
+
+
 def channel_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0
 ) -> torch.Tensor:
@@ -291,10 +412,17 @@ def channel_attention(
     keepdim. q, k, v: (..., T, N).
 
     The mean commutes with the attention's product by V, so only the mean of V enters the hand-written kernel.
-    It is used on CPU for 2 to 8 features, where the fused SDPA kernel is slowest (its small GEMMs); with one
-    feature or with 16 and more, and with dropout, SDPA is as fast or faster.
+    It is used on CPU for 2 to 8 features, where the fused SDPA kernel is slowest (its small GEMMs). With one
+    feature (PCSA on a map the pooling window covers, most maps of a proxy) the softmax's T^2 exponentials are
+    most of SCSA's time on CPU, and the series form replaces them (training and inference alike). With 16 and more
+    features, and with dropout, SDPA is as fast or faster.
     """
     n = q.shape[-1]
+    if n == 1 and not dropout_p and q.device.type == "cpu" and not tracing_or_compiling():
+        lead, t = q.shape[:-2], q.shape[-2]
+        z = _series_attention(*(a.reshape(-1, t, 1) for a in (q, k, v)), scale)
+        if z is not None:
+            return z.reshape(*lead, t, 1)
     if use_plain_ops(q, k, v) or dropout_p or q.device.type != "cpu" or not 2 <= n <= 8:
         z = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
         return z.mean(dim=-1, keepdim=True)
@@ -317,7 +445,13 @@ def gated_strip_product(
     ``kernel`` is the pooling window (= stride, floor mode) and ``mode`` ``"avg"`` or ``"max"``; ``gate`` maps the
     pooled (B, C, H', W') map and ``params`` to a (B, C, 1, 1) gate.
     """
-    if use_plain_ops(x, a_h, a_w, *params):
+    if tracing_or_compiling():
         xs = x * a_h.unsqueeze(3) * a_w.unsqueeze(2)
         return xs * gate(pool_plain(xs, kernel, mode), *params)
+    if use_plain_ops(x, a_h, a_w, *params):
+        # Inference: the node's forward passes without the node (one full-size buffer instead of three, a pass
+        # fewer for average pooling).
+        out, y, _ = _strip_product_and_pool(x, a_h, a_w, kernel, mode)
+        g = gate(y, *params)
+        return out.mul_(a_w.unsqueeze(2) * g if mode == "avg" else g)
     return _GatedStripProduct.apply(x, a_h, a_w, kernel, mode, gate, *params)

@@ -1,5 +1,7 @@
 """Gradient checks (float64, tiny tensors) for SCSA's custom autograd Functions and for the module that uses them."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,68 @@ def test_channel_attention_gradcheck(tokens, features, keep, small_chunks, monke
     torch.testing.assert_close(z, expected)
 
 
+def _graph_names(t: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes behind ``t``."""
+    names, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node.name() not in names:
+            names.add(node.name())
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.fixture
+def series_everywhere(monkeypatch):
+    # the series form on every one-feature attention, however few the tokens
+    monkeypatch.setattr(ops, "SERIES_TERM_COST", 0)
+    monkeypatch.setattr(ops, "SERIES_MIN_LOGITS", 0)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_series_attention_equals_the_softmax_and_gradchecks(heads, series_everywhere):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, heads, 12, 1, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    z = ops.channel_attention(q, k, v, 0.9)
+    assert "_SeriesAttentionBackward" in _graph_names(z)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=0.9)
+    torch.testing.assert_close(z, expected, rtol=1e-11, atol=1e-11)
+    assert torch.autograd.gradcheck(lambda q, k, v: ops.channel_attention(q, k, v, 0.9), (q, k, v))
+
+
+def test_series_attention_in_float32_agrees_with_the_float64_softmax():
+    # the model's dtype: the series (in float64 inside) is as close to the exact softmax as SDPA in float32 is
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 1, 512, 1) * 3 for _ in range(3))
+    z = ops.channel_attention(q, k, v, 512**-0.5)
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=512**-0.5)
+    sdpa = F.scaled_dot_product_attention(q, k, v, scale=512**-0.5)
+    assert z.dtype == torch.float32
+    assert (z.double() - exact).abs().max() <= (sdpa.double() - exact).abs().max() + 1e-7
+
+
+@pytest.mark.parametrize("bound", [0.0, 0.3, 1.0, 2.5, 4.0])
+def test_series_terms_bound_the_truncation_of_exp_and_its_derivative(bound):
+    terms = ops.series_terms(bound)
+    x = torch.linspace(-bound, bound, 101, dtype=torch.float64)
+    for m in (terms, terms - 1):  # the series and its derivative's
+        # the tail itself, summed far out (exp(x) minus the partial sum would be float64's rounding of exp(x))
+        term = x**m / float(math.factorial(m))
+        tail = torch.zeros_like(x)
+        for j in range(m + 1, m + 80):
+            tail, term = tail + term, term * x / j
+        assert (tail.abs() / math.exp(-bound)).max() <= ops.SERIES_TOL
+    assert ops.series_terms(bound + 0.5) > terms
+
+
+def test_series_attention_falls_back_to_the_softmax_where_it_would_cost_more():
+    q, k, v = (torch.randn(2, 1, 64, 1, requires_grad=True) for _ in range(3))
+    assert ops.series_terms(1e3) is None
+    z = ops.channel_attention(q * 1e3, k, v, 1.0)  # logits far past the series' bound: the softmax itself
+    assert "_SeriesAttentionBackward" not in _graph_names(z)
+    torch.testing.assert_close(z, F.scaled_dot_product_attention(q * 1e3, k, v, scale=1.0))
+
+
 @pytest.mark.parametrize("kernel,length", [(1, 7), (3, 7), (5, 7), (9, 8), (13, 4)])  # strips shorter than the kernel
 def test_depthwise_conv1d_gradcheck(kernel, length):
     torch.manual_seed(0)
@@ -105,7 +169,7 @@ def _case_id(kw: dict) -> str:
 
 @pytest.mark.parametrize("kwargs", MODULE_CASES, ids=_case_id)
 @pytest.mark.parametrize("size", [(7, 7), (9, 6)])
-def test_module_gradcheck(kwargs, size, small_chunks):
+def test_module_gradcheck(kwargs, size, small_chunks, series_everywhere):
     torch.manual_seed(0)
     m = SCSA(16, **kwargs).double()
     with torch.no_grad():  # non-trivial norms so that every parameter matters
@@ -127,8 +191,10 @@ def test_module_fused_path_equals_plain_ops(kwargs):
     x = torch.randn(2, 16, 9, 8, dtype=torch.float64, requires_grad=True)
     out = m(x)
     with torch.no_grad():
-        plain = m(x)  # no grad: plain ops
+        inference = m(x)  # the node's forward passes without the node
+        plain = torch.jit.trace(m, x, check_trace=False)(x)  # traced: plain aten ops
     torch.testing.assert_close(out, plain)
+    torch.testing.assert_close(inference, plain)
 
 
 def test_custom_functions_bypassed_without_grad_and_under_tracing(monkeypatch):
@@ -148,6 +214,21 @@ def test_custom_functions_bypassed_without_grad_and_under_tracing(monkeypatch):
         m(x)
 
 
+def test_series_attention_serves_inference_and_is_bypassed_under_tracing(series_everywhere, monkeypatch):
+    # the series form of one-feature attention is no autograd trick: inference (the latency objective) uses it
+    # too. A tracer (a FLOP counter) still sees the softmax.
+    def refuse(*args, **kwargs):
+        raise AssertionError("series used")
+
+    monkeypatch.setattr(ops._SeriesAttention, "apply", refuse)
+    m = SCSA(16, window=-1)
+    x = torch.randn(2, 16, 9, 9)
+    # as fvcore traces: no check run of the module outside the tracer
+    assert "PythonOp" not in str(torch.jit.trace(m, x, check_trace=False).graph)
+    with pytest.raises(AssertionError, match="series used"), torch.no_grad():
+        m(x)
+
+
 def test_compiles_to_one_graph_with_the_same_values_and_gradients():
     # fullgraph=True raises at the first graph break: under torch.compile SCSA must be plain ops (the custom nodes'
     # nested autograd.grad breaks the graph); aot_eager traces forward and backward without building C++.
@@ -163,4 +244,23 @@ def test_compiles_to_one_graph_with_the_same_values_and_gradients():
     compiled.square().sum().backward()
     torch.testing.assert_close(compiled, eager)
     for got, want in zip([x.grad, *(p.grad for p in m.parameters())], grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("kwargs", [dict(window=3), dict(window=3, pool="max"), dict(window=-1)], ids=_case_id)
+def test_channels_last_input_gives_the_same_values_and_gradients_in_its_own_format(kwargs, small_chunks):
+    # a proxy trains channels-last: SCSA must neither change the values nor hand the next layer another layout
+    torch.manual_seed(0)
+    m = SCSA(16, **kwargs).double()
+    x = torch.randn(2, 16, 9, 7, dtype=torch.float64)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xi = x.contiguous(memory_format=fmt).requires_grad_()
+        out = m(xi)
+        assert out.is_contiguous(memory_format=fmt)
+        grads = torch.autograd.grad(out.square().sum(), (xi, *m.parameters()))
+        results.append((out, grads))
+    (out, grads), (out_cl, grads_cl) = results
+    torch.testing.assert_close(out_cl, out)
+    for got, want in zip(grads_cl, grads):
         torch.testing.assert_close(got, want)
