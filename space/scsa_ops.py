@@ -105,6 +105,12 @@ def _strip_product_and_pool(
     return out, y, indices
 
 
+def _apply_gate(out: torch.Tensor, a_w: torch.Tensor, g: torch.Tensor, mode: str) -> torch.Tensor:
+    """The last pass of :func:`_strip_product_and_pool`'s ``out``, in place: times the gate g (B, C, 1, 1), and for
+    average pooling times ``a_w`` too, which ``out`` does not hold yet."""
+    return out.mul_(a_w.unsqueeze(2) * g if mode == "avg" else g)
+
+
 class _GatedStripProduct(torch.autograd.Function):
     """``xs * gate(pool(xs))`` with ``xs = x * a_h[..., None] * a_w[..., None, :]``.
 
@@ -123,14 +129,13 @@ class _GatedStripProduct(torch.autograd.Function):
         gate: ChannelGate,
         *params: torch.Tensor,
     ) -> torch.Tensor:
-        row_w = a_w.unsqueeze(2)
         out, y, pool_state = _strip_product_and_pool(x, a_h, a_w, kernel, mode)
         # The gate is an ordinary autograd graph on detached leaves, differentiated in backward.
         with torch.enable_grad():
             y_leaf = y.detach().requires_grad_()
             leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
             g = gate(y_leaf, *leaves)
-        out.mul_(row_w * g.detach() if mode == "avg" else g.detach())
+        _apply_gate(out, a_w, g.detach(), mode)
         ctx.save_for_backward(x, a_h, a_w, pool_state)
         ctx.kernel, ctx.mode = kernel, mode
         ctx.graph = (y_leaf, leaves, g)
@@ -452,6 +457,5 @@ def gated_strip_product(
         # Inference: the node's forward passes without the node (one full-size buffer instead of three, a pass
         # fewer for average pooling).
         out, y, _ = _strip_product_and_pool(x, a_h, a_w, kernel, mode)
-        g = gate(y, *params)
-        return out.mul_(a_w.unsqueeze(2) * g if mode == "avg" else g)
+        return _apply_gate(out, a_w, gate(y, *params), mode)
     return _GatedStripProduct.apply(x, a_h, a_w, kernel, mode, gate, *params)
