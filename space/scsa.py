@@ -34,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scsa_ops import channel_attention, depthwise_conv1d, gated_strip_product, pool_plain, use_plain_ops
+from .scsa_ops import (
+    channel_attention,
+    depthwise_conv1d,
+    gated_strip_product,
+    pool_plain,
+    strip_means,
+    tracing_or_compiling,
+)
 
 GATES = ("sigmoid", "softmax")
 POOLS = ("avg", "max")
@@ -237,13 +244,7 @@ class SCSA(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"SCSA expects (B, {self.channels}, H, W) input, got {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        plain = use_plain_ops(x, *self.parameters())
-        if plain:
-            x_h, x_w = x.mean(dim=3), x.mean(dim=2)
-        else:
-            # mean's backward materialises a full-size map; sum's is a broadcast view that autograd adds in place
-            # into grad_x, and the division is on the strip.
-            x_h, x_w = x.sum(dim=3).div(w), x.sum(dim=2).div(h)
+        x_h, x_w = (x.mean(dim=3), x.mean(dim=2)) if tracing_or_compiling() else strip_means(x)
         a_h, a_w = self._strip_gates(x_h, x_w)
         return gated_strip_product(
             x, a_h, a_w, self.pool_kernel(h, w), self.pool, self._channel_gate, self._channel_params()

@@ -259,8 +259,28 @@ def test_channels_last_input_gives_the_same_values_and_gradients_in_its_own_form
         out = m(xi)
         assert out.is_contiguous(memory_format=fmt)
         grads = torch.autograd.grad(out.square().sum(), (xi, *m.parameters()))
+        assert grads[0].is_contiguous(memory_format=fmt) or kwargs.get("pool") == "max"
+        with torch.no_grad():  # the inference path: the same passes without the autograd node
+            inferred = m(xi)
+        assert inferred.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(inferred, out)
         results.append((out, grads))
     (out, grads), (out_cl, grads_cl) = results
     torch.testing.assert_close(out_cl, out)
     for got, want in zip(grads_cl, grads):
         torch.testing.assert_close(got, want)
+
+
+def test_strips_of_a_channels_last_map_come_out_channels_innermost():
+    # the layout the passes over a channels-last map read them fastest in; the values are the plain means
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    for fmt, inner in ((torch.contiguous_format, False), (torch.channels_last, True)):
+        xi = x.contiguous(memory_format=fmt)
+        x_h, x_w = ops.strip_means(xi)
+        torch.testing.assert_close(x_h, x.mean(3))
+        torch.testing.assert_close(x_w, x.mean(2))
+        assert (x_h.stride(1) == 1, x_w.stride(1) == 1) == (inner, inner)
+        a = torch.randn(2, 5, 4, dtype=torch.float64)
+        laid = ops.in_map_layout(a, xi)
+        assert laid.stride(1) == 1 if inner else laid is a
+        torch.testing.assert_close(laid, a)
