@@ -18,6 +18,9 @@ backward at ``--batch`` and at inference (eval, no grad, batch 1), and SCSA's FL
 batch 1), so that the distance to "costs what its FLOPs say" is visible per shape.
 
     python bench/scsa_speed.py --backbone mobilenetv2_100 --resolution 48 [--batch 32] [--threads 1]
+
+``--channels-last`` gives every module its input (and the block its weights) channels-last, the memory format a
+proxy trains in (the ``default`` preset): SCSA's passes over the map then run in that layout.
 """
 
 from __future__ import annotations
@@ -201,20 +204,22 @@ def infer_ms(modules: list[nn.Module], xs: list[torch.Tensor], repeats: int) -> 
     return [statistics.median(ts) for ts in times]
 
 
-def backbone_rows(backbone: str, resolution: int, batch: int, repeats: int, dev: torch.device) -> None:
+def backbone_rows(backbone: str, resolution: int, batch: int, repeats: int, dev: torch.device,
+                  fmt: torch.memory_format = torch.contiguous_format) -> None:
     """The per-shape table of ``--backbone`` (see the module docstring)."""
     from evaluators.flops import count_module
 
-    print(f"{backbone} at {resolution} px: SCSA at the mid slot of each distinct shape; fwd+bwd at batch {batch}, "
-          f"inference at batch 1 (ms, median of {repeats}); GFLOPs at batch 1")
+    print(f"{backbone} at {resolution} px{', channels-last' * (fmt == torch.channels_last)}: SCSA at the mid slot "
+          f"of each distinct shape; fwd+bwd at batch {batch}, inference at batch 1 (ms, median of {repeats}); "
+          "GFLOPs at batch 1")
     print(f"{'shape':>12} {'ours':>8} {'step':>8} {'block':>8} {'ours/blk':>8} | {'inf ours':>8} {'inf blk':>8} "
           f"{'ratio':>6} | {'MFLOPs scsa/blk':>16} {'ratio':>6}")
     for c, side, block, in_shape in block_shapes(backbone, resolution):
         fast = SCSA(c).to(dev)
         slow = StepByStepSCSA(fast)
-        block = block.to(dev)
-        x = torch.randn(batch, c, side, side, device=dev, requires_grad=True)
-        xb = torch.randn(batch, *in_shape[1:], device=dev, requires_grad=True)
+        block = block.to(dev, memory_format=fmt)
+        x = torch.randn(batch, c, side, side, device=dev).contiguous(memory_format=fmt).requires_grad_()
+        xb = torch.randn(batch, *in_shape[1:], device=dev).contiguous(memory_format=fmt).requires_grad_()
         t_fast, t_slow = time_pair([fast, slow], x, repeats)
         (t_block,) = time_pair([block], xb, repeats)
         one, one_b = x[:1].detach(), xb[:1].detach()
@@ -235,17 +240,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backbone", help="time SCSA at this timm backbone's slot shapes (see the module docstring)")
     ap.add_argument("--resolution", type=int, default=48, help="input size for --backbone (default 48)")
+    ap.add_argument("--channels-last", action="store_true", help="inputs channels-last, as a proxy trains")
     args = ap.parse_args()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.backbone:
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-        backbone_rows(args.backbone, args.resolution, args.batch, args.repeats, torch.device(args.device))
+        backbone_rows(args.backbone, args.resolution, args.batch, args.repeats, torch.device(args.device), fmt)
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
     print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"fwd+bwd median of {args.repeats}")
+          f"fwd+bwd median of {args.repeats}{', channels-last' * args.channels_last}")
     print(f"{'shape':>14} {'step ms':>9} {'ours ms':>9} {'speed-up':>9} {'saved MB step/ours':>19} "
           f"{'peak MB step/ours':>18} {'max|dy|':>9}")
     ratios = []
@@ -255,7 +262,7 @@ def main() -> None:
             for p in fast.parameters():
                 p.add_(0.1 * torch.randn_like(p))
         slow = StepByStepSCSA(fast)
-        x = torch.randn(args.batch, c, s, s, device=dev, requires_grad=True)
+        x = torch.randn(args.batch, c, s, s, device=dev).contiguous(memory_format=fmt).requires_grad_()
         y_fast = fast(x)
         (g_fast,) = torch.autograd.grad(y_fast.square().sum(), x)
         y_slow = slow(x)
