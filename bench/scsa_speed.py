@@ -243,14 +243,12 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="inputs channels-last, as a proxy trains")
     args = ap.parse_args()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    if args.backbone:
-        torch.set_num_threads(args.threads)
-        torch.manual_seed(0)
-        backbone_rows(args.backbone, args.resolution, args.batch, args.repeats, torch.device(args.device), fmt)
-        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    if args.backbone:
+        backbone_rows(args.backbone, args.resolution, args.batch, args.repeats, dev, fmt)
+        return
     print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"fwd+bwd median of {args.repeats}{', channels-last' * args.channels_last}")
     print(f"{'shape':>14} {'step ms':>9} {'ours ms':>9} {'speed-up':>9} {'saved MB step/ours':>19} "
