@@ -29,18 +29,20 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from evaluators.fidelity import Fidelity, preset, verification
+from evaluators.fidelity import SPEED_ONLY, Fidelity, preset, verification
 from results.pareto import hypervolume, loss_name, pareto_front, to_loss
 from results.schema import CONFIG_JSON
 
-__all__ = ["MAX_FRONT", "MEASURE_SEED_BASE", "canonical", "measure_seeds", "measured_at", "needed", "run_measurements",
-           "settings_key", "verified"]
+__all__ = ["MAX_FRONT", "MEASURE_SEED_BASE", "canonical", "measure_seeds", "measured_at", "needed", "recorded_keys",
+           "run_measurements", "settings_key", "verified"]
 
 #: Measurement seed k of benchmark seed s is ``MEASURE_SEED_BASE + 100 * s + k``: far from every seed a search
 #: trains with (its trials ``s`` and ``s + attempt``, replicates ``s + 1000 k``, verification ``s + 1000 (100 + k)``).
@@ -53,11 +55,19 @@ MEASURED_COLUMNS = ["backbone", "proxy", "verify", "seed", V_SCORE, "accuracy", 
                     "fidelity", CONFIG_JSON]
 
 
-def settings_key(fid: Fidelity) -> str:
-    """A fidelity as benchmark rows record it: every setting but ``threads``, as compact JSON. A preset that changes
-    (a new setting, another value) gets another key, so rows of the earlier recipe stay apart from the new ones."""
-    return json.dumps({k: v for k, v in fid.to_dict().items() if k != "threads"}, sort_keys=True,
+def settings_key(fid: Fidelity | Mapping[str, Any]) -> str:
+    """A fidelity (or its dict) as benchmark rows record it: every setting but those that set only the speed
+    (``SPEED_ONLY``), as compact JSON. A preset that changes (a new setting, another value) gets another key, so rows
+    of the earlier recipe stay apart from the new ones."""
+    settings = fid.to_dict() if isinstance(fid, Fidelity) else fid
+    return json.dumps({k: v for k, v in settings.items() if k not in SPEED_ONLY}, sort_keys=True,
                       separators=(",", ":"))
+
+
+def recorded_keys(recorded: pd.Series) -> pd.Series:
+    """A ``fidelity`` column as :func:`settings_key` writes it now: rows written before a setting joined
+    ``SPEED_ONLY`` recorded it (``eval_batch_size``), and measured the same recipe."""
+    return recorded.map(lambda key: settings_key(json.loads(key)) if isinstance(key, str) else key)
 
 
 def measure_seeds(seed: int, k: int) -> list[int]:
@@ -77,7 +87,7 @@ def measured_at(measured: pd.DataFrame, backbone: str, proxy: str, verify: str) 
     if "fidelity" not in measured.columns:
         return measured.iloc[:0]
     key = settings_key(fidelity(proxy, verify))
-    return measured[(measured["backbone"] == backbone) & (measured["fidelity"] == key)]
+    return measured[(measured["backbone"] == backbone) & (recorded_keys(measured["fidelity"]) == key)]
 
 
 def chosen_and_front(trials: pd.DataFrame, objectives: list[str]) -> tuple[str, list[str]]:

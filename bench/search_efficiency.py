@@ -56,7 +56,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling efficiency_verified, also when imported
-from efficiency_verified import canonical, measured_at, needed, run_measurements, settings_key, verified  # noqa: E402
+from efficiency_verified import (  # noqa: E402
+    canonical,
+    measured_at,
+    needed,
+    recorded_keys,
+    run_measurements,
+    settings_key,
+    verified,
+)
 
 from evaluators.fidelity import preset  # noqa: E402
 from results.config_stats import is_verified  # noqa: E402
@@ -491,7 +499,8 @@ def _same_run(table: pd.DataFrame, key: dict) -> pd.Series:
     for column, value in key.items():
         if column not in table.columns:
             return pd.Series(False, index=table.index)
-        mask &= table[column].isna() if value is None else (table[column] == value)
+        recorded = recorded_keys(table[column]) if column == "fidelity" else table[column]
+        mask &= recorded.isna() if value is None else (recorded == value)
     return mask
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .data import Split
 from .device import resolve_device
+from .fidelity import Fidelity
 
 __all__ = ["EpochResult", "EvalResult", "TrainingDiverged", "autocast", "evaluate", "to_device"]
 
@@ -78,7 +79,7 @@ def evaluate(
     split: Split,
     *,
     resolution: int,
-    batch_size: int = 256,
+    batch_size: int = Fidelity.eval_batch_size,
     limit: int | None = None,
     device: str | torch.device = "cpu",
     channels_last: bool = False,

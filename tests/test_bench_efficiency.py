@@ -115,3 +115,18 @@ def test_measurements_of_another_recipe_are_never_taken_for_this_one():
                          "seed": [1, 2, 3, 4]})
     assert measured_at(rows, "mobilenetv2_100", "default", "3x").seed.tolist() == [1, 3]
     assert measured_at(rows.drop(columns="fidelity"), "mobilenetv2_100", "default", "3x").empty  # unrecorded
+
+
+def test_rows_that_differ_only_in_a_speed_setting_measured_the_same_recipe():
+    """Rows recorded ``eval_batch_size`` before it joined ``SPEED_ONLY``: they still count for the recipe."""
+    import json
+
+    from bench.efficiency_verified import fidelity, measured_at, settings_key
+
+    fid = fidelity("default", "3x")
+    recorded_then = json.dumps({**fid.to_dict(), "eval_batch_size": 256}, sort_keys=True, separators=(",", ":"))
+    other_recipe = json.dumps({**fid.to_dict(), "lr": 0.5}, sort_keys=True, separators=(",", ":"))
+    assert "eval_batch_size" not in settings_key(fid) and settings_key(fid) == settings_key(fid.replace(threads=2))
+    rows = pd.DataFrame({"backbone": ["mobilenetv2_100"] * 3, "seed": [1, 2, 3],
+                         "fidelity": [recorded_then, other_recipe, settings_key(fid)]})
+    assert measured_at(rows, "mobilenetv2_100", "default", "3x").seed.tolist() == [1, 3]

@@ -166,6 +166,24 @@ def test_proxy_run_keeps_the_model_and_tests_on_the_test_split():
 
 
 @needs_fmnist
+def test_the_evaluation_batch_size_changes_nothing_that_validation_measures():
+    """Why ``eval_batch_size`` is in ``SPEED_ONLY``: in eval mode every image is evaluated on its own (SCSA's channel
+    attention runs as the softmax at batch 7 and as its power series at 64 and 100)."""
+    from evaluators.fidelity import SPEED_ONLY
+
+    assert "eval_batch_size" in SPEED_ONLY
+    run = ProxyRun(_scsa_resnet18(), fidelity=TINY.replace(epochs=1, val_images=100), seed=0)
+    run.run()
+    results = []
+    for batch in (7, 64, 100):
+        run.fidelity = run.fidelity.replace(eval_batch_size=batch)
+        results.append(run.validate())
+    for r in results[1:]:
+        assert r.images == results[0].images == 100 and r.accuracy == results[0].accuracy
+        assert r.loss == pytest.approx(results[0].loss, rel=1e-5)
+
+
+@needs_fmnist
 def test_divergence_raises_a_precise_error():
     fid = TINY.replace(optimizer="sgd", lr=1e12, weight_decay=0.0, warmup_epochs=0.0)
     with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 1/2") as info:
