@@ -66,8 +66,10 @@ def settings_key(fid: Fidelity | Mapping[str, Any]) -> str:
 
 def recorded_keys(recorded: pd.Series) -> pd.Series:
     """A ``fidelity`` column as :func:`settings_key` writes it now: rows written before a setting joined
-    ``SPEED_ONLY`` recorded it (``eval_batch_size``), and measured the same recipe."""
-    return recorded.map(lambda key: settings_key(json.loads(key)) if isinstance(key, str) else key)
+    ``SPEED_ONLY`` recorded it (``eval_batch_size``), and measured the same recipe. Each distinct key is parsed
+    once: a trials table has thousands of rows and a handful of keys."""
+    keys = {key: settings_key(json.loads(key)) for key in recorded.unique() if isinstance(key, str)}
+    return recorded.map(lambda key: keys.get(key, key))
 
 
 def measure_seeds(seed: int, k: int) -> list[int]:
