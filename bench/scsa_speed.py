@@ -19,6 +19,13 @@ batch 1), so that the distance to "costs what its FLOPs say" is visible per shap
 
     python bench/scsa_speed.py --backbone mobilenetv2_100 --resolution 48 [--batch 32] [--threads 1]
 
+``--profile`` (with ``--backbone``) says instead what SCSA's forward + backward spends its time on at each shape:
+the milliseconds per step under the profiler, the aten ops dispatched per step (outermost calls), the share of
+the step spent outside any recorded op (Python and autograd bookkeeping), and the ops with the most self time
+with their share and calls per step. The profiler slows small ops, so the shares are the measure, not the times.
+
+    python bench/scsa_speed.py --backbone resnet50 --resolution 48 --threads 1 --channels-last --profile
+
 ``--channels-last`` gives every module its input (and the block its weights) channels-last, the memory format a
 proxy trains in (the ``default`` preset): SCSA's passes over the map then run in that layout.
 """
@@ -97,6 +104,7 @@ def time_pair(modules: list[nn.Module], x: torch.Tensor, repeats: int, warmup: i
 
     def step(module: nn.Module) -> float:
         x.grad = None
+        module.zero_grad(set_to_none=True)  # as a training step's optimizer does: no accumulation into old grads
         if x.is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -232,6 +240,41 @@ def backbone_rows(backbone: str, resolution: int, batch: int, repeats: int, dev:
               f"{f_scsa:7.2f}/{f_block:<8.2f} {f_scsa / f_block:5.3f}")
 
 
+def profile_rows(backbone: str, resolution: int, batch: int, dev: torch.device,
+                 fmt: torch.memory_format = torch.contiguous_format, steps: int = 5, top: int = 4) -> None:
+    """``--profile``: per distinct SCSA shape of ``backbone``, where one forward + backward step spends its time."""
+    print(f"{backbone} at {resolution} px{', channels-last' * (fmt == torch.channels_last)}: SCSA fwd+bwd at batch "
+          f"{batch} under the profiler, {steps} steps; self time of the top ops as a share of the step "
+          "(calls per step)")
+    for c, side, _block, _shape in block_shapes(backbone, resolution):
+        fast = SCSA(c).to(dev)
+        x = torch.randn(batch, c, side, side, device=dev).contiguous(memory_format=fmt).requires_grad_()
+        time_pair([fast], x, repeats=1, warmup=2)
+        with _native_stderr_silenced(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU]
+        ) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                x.grad = None
+                fast.zero_grad(set_to_none=True)
+                fast(x).sum().backward()
+            wall = (time.perf_counter() - t0) / steps
+        events = prof.events()
+        dispatched = sum(
+            e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+            for e in events
+        ) / steps
+        # Self times of all recorded events (ops, autograd nodes, our autograd Functions) exclude their children:
+        # what is left of the wall time ran in Python outside any of them.
+        recorded = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
+        ranked = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        shares = ", ".join(f"{e.key.removeprefix('autograd::engine::evaluate_function: ')} "
+                           f"{100 * e.self_cpu_time_total / 1e6 / steps / wall:.0f}% ({e.count / steps:g})"
+                           for e in ranked)
+        print(f"{f'{c}x{side}x{side}':>12} {1e3 * wall:7.2f} ms, {dispatched:4.0f} ops/step, outside ops "
+              f"{100 * max(0.0, 1 - recorded / wall):3.0f}% | {shares}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -241,11 +284,17 @@ def main() -> None:
     ap.add_argument("--backbone", help="time SCSA at this timm backbone's slot shapes (see the module docstring)")
     ap.add_argument("--resolution", type=int, default=48, help="input size for --backbone (default 48)")
     ap.add_argument("--channels-last", action="store_true", help="inputs channels-last, as a proxy trains")
+    ap.add_argument("--profile", action="store_true", help="with --backbone: where SCSA's step spends its time")
     args = ap.parse_args()
+    if args.profile and not args.backbone:
+        ap.error("--profile needs --backbone")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    if args.backbone and args.profile:
+        profile_rows(args.backbone, args.resolution, args.batch, dev, fmt)
+        return
     if args.backbone:
         backbone_rows(args.backbone, args.resolution, args.batch, args.repeats, dev, fmt)
         return
