@@ -366,10 +366,11 @@ class _ChannelAttention(torch.autograd.Function):
 #: Bound on the series form's truncation error, relative to the exponentials' sums (in float64): far below float32's
 #: rounding (6e-8), so its values and gradients are the softmax's to the precision of the model.
 SERIES_TOL = 1e-12
-#: Where the series form pays (measured on CPU, one thread, forward + backward at batch 32 and inference at batch 1):
-#: a term costs about as much as 7 of the softmax's logits per token, and its fixed cost of some 30 small ops as
-#: 2^18 logits in all. So: fewer than T / 7 terms and at least 2^18 logits (rows x T^2), never more than 40 terms.
-SERIES_TERM_COST, SERIES_MIN_LOGITS, SERIES_MAX_TERMS = 7, 2**18, 40
+#: Where the series form pays (measured on CPU, one thread, forward + backward and inference at batch 32, inference
+#: at batch 1, 64 to 960 tokens and 4 to 40 terms): a term costs about as much as 2 to 3.5 of the softmax's logits
+#: per token with gradients and 4 without, and its fixed cost of some 40 small ops as 2^18 logits in all. So the
+#: series runs where ``rows T^2 >= 2^18 + 3 rows T M`` (its cost in logits), and never past 40 terms.
+SERIES_TERM_COST, SERIES_MIN_LOGITS, SERIES_MAX_TERMS = 3, 2**18, 40
 
 
 def series_terms(bound: float) -> int | None:
@@ -387,47 +388,95 @@ def series_terms(bound: float) -> int | None:
     return None
 
 
-class _SeriesAttention(torch.autograd.Function):
-    """``softmax_j(a_i u_j) @ v`` for one feature per token as a power series: a, u, v (R, T, 1) in float64.
+def _powers(x: torch.Tensor, terms: int) -> torch.Tensor:
+    """``x^0 .. x^(terms-1)`` of x (R, T) as one (terms, R, T) tensor.
 
-    With ``U[j, m] = u_j^m / m!`` and ``A[i, m] = a_i^m`` (R, T, M), the moments ``P = [1, v]^T U`` (R, 2, M)
-    give every row's sums ``A P^T = [sum_j exp(a_i u_j), sum_j exp(a_i u_j) v_j]`` and z is their ratio. Backward
-    by hand: autograd's gradient of the cumulative products that build A and U costs several times the rest.
+    Filled by repeated doubling: ``x^(n-1) * [x^1 .. x^(n-1)]`` gives the next n - 1 powers in one broadcast
+    product that runs along T, so about log2(terms) passes. A cumulative product along a short inner term axis
+    (``cumprod``) runs element by element on CPU: it cost 5 ns per element, most of the series' time.
+    """
+    p = x.new_empty(terms, *x.shape)
+    p[0].fill_(1.0)
+    p[1].copy_(x)
+    done = 2
+    while done < terms:
+        n = min(done - 1, terms - done)
+        torch.mul(p[done - 1], p[1 : 1 + n], out=p[done : done + n])
+        done += n
+    return p
+
+
+def _inverse_factorials(terms: int, like: torch.Tensor) -> torch.Tensor:
+    """``1 / m!`` for m < terms, shaped (terms, 1, 1) to scale a :func:`_powers` tensor."""
+    return like.new_tensor([1.0 / math.factorial(m) for m in range(terms)]).view(terms, 1, 1)
+
+
+#: Elements of one (terms, rows, T) tensor of powers: the series runs over chunks of rows this size so that a chunk's
+#: powers stay in cache and are served from the heap (a fresh tensor of several MiB is mapped and page-faulted anew
+#: on every call, which made the series' time vary 3-4-fold from call to call at 960 tokens).
+SERIES_CHUNK = 2**20
+
+
+class _SeriesAttention(torch.autograd.Function):
+    """``softmax_j(a_i u_j) @ v`` for one feature per token as a power series: a, u, v (R, T) in float64.
+
+    With ``U[m, j] = u_j^m / m!`` and ``A[m, i] = a_i^m`` ((M, R, T) tensors, the term axis outermost so that every
+    elementwise pass runs along T), the moments ``P = [1, v]^T U^T`` (R, 2, M) give every row's sums
+    ``P A = [sum_j exp(a_i u_j), sum_j exp(a_i u_j) v_j]`` and z is their ratio.
+
+    Backward by hand (autograd's gradient of the powers costs several times the rest). Where the rows take more
+    than one chunk (:data:`SERIES_CHUNK`) the powers are computed again chunk by chunk rather than kept: they cost
+    a few products. Every product is a thin matrix (2 or 3 rows) times an (M x T) or (T x M) one, the orientation
+    in which CPU GEMMs are fast (3-4x faster than the same product with the thin matrix on the right, at 960 tokens
+    and 35 terms).
     """
 
     @staticmethod
+    def _powers(a: torch.Tensor, u: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _powers(a, terms), _powers(u, terms).mul_(_inverse_factorials(terms, u))
+
+    @staticmethod
     def forward(ctx, a: torch.Tensor, u: torch.Tensor, v: torch.Tensor, terms: int) -> torch.Tensor:
-        rows, t, _ = a.shape
-        ones = a.new_ones(rows, t, 1)
-        steps = torch.arange(1, terms, dtype=a.dtype, device=a.device)
-        # u^m / m! and a^m as cumulative products of u / m and of a
-        u_pow = torch.cat([ones, u / steps], 2).cumprod(2)
-        a_pow = torch.cat([ones, a.expand(rows, t, terms - 1)], 2).cumprod(2)
-        moments = torch.bmm(torch.cat([ones, v], 2).transpose(1, 2), u_pow)  # (R, 2, M)
-        sums = torch.bmm(a_pow, moments.transpose(1, 2))  # (R, T, 2)
-        den = sums[..., :1]
-        z = sums[..., 1:] / den
-        ctx.save_for_backward(v, u_pow, a_pow, moments, den, z)
+        rows, t = a.shape
+        ones_v = torch.stack([torch.ones_like(v), v], 1)  # (R, 2, T)
+        moments, sums = a.new_empty(rows, 2, terms), a.new_empty(rows, 2, t)
+        chunks = _chunks(rows, terms * t, SERIES_CHUNK)
+        for ch in chunks:
+            a_pow, u_pow = _SeriesAttention._powers(a[ch], u[ch], terms)
+            torch.bmm(ones_v[ch], u_pow.permute(1, 2, 0), out=moments[ch])
+            torch.bmm(moments[ch], a_pow.transpose(0, 1), out=sums[ch])
+        den = sums[:, 0]
+        z = sums[:, 1] / den
+        ctx.save_for_backward(a, u, v, moments, den, z)
+        # the powers of a single chunk are small: kept rather than computed again
+        ctx.terms, ctx.powers = terms, (a_pow, u_pow) if len(chunks) == 1 else None
         return z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_z: torch.Tensor):
-        v, u_pow, a_pow, moments, den, z = ctx.saved_tensors
-        terms = u_pow.shape[2]
-        # z = num / den: the gradients of the two sums, as (R, T, 2) in the order of ``moments``' rows
-        grad_sums = torch.cat([-grad_z * z, grad_z], 2) / den
-        # d/da_i sum_m a_i^m P_m = sum_m m a_i^(m-1) P_m
-        orders = torch.arange(1, terms, dtype=v.dtype, device=v.device)
-        slopes = torch.bmm(grad_sums, moments[..., 1:] * orders)  # (R, T, M-1)
-        grad_a = (slopes * a_pow[..., :-1]).sum(2, keepdim=True)
-        grad_moments = torch.bmm(grad_sums.transpose(1, 2), a_pow)  # (R, 2, M)
-        # moments = [1, v]^T U: d/dv_j = sum_m dP1_m U_jm; d/du_j = sum_m [1, v_j] dP_m u_j^(m-1) / (m-1)!
-        grad_v = torch.bmm(u_pow, grad_moments[:, 1:].transpose(1, 2))
-        shifted = grad_moments[..., 1:]
-        per_term = torch.baddbmm(shifted[:, :1].expand(-1, u_pow.shape[1], -1), v, shifted[:, 1:])  # (R, T, M-1)
-        grad_u = (per_term * u_pow[..., :-1]).sum(2, keepdim=True)
-        return grad_a, grad_u, grad_v, None
+        a, u, v, moments, den, z = ctx.saved_tensors
+        terms, (rows, t) = ctx.terms, a.shape
+        # z = num / den: the gradients of the two sums, (R, 2, T) in the order of ``moments``' rows
+        grad_sums = torch.stack([-grad_z * z, grad_z], 1).div_(den.unsqueeze(1))
+        # d/da_i sum_m a_i^m P_m = sum_m m a_i^(m-1) P_m: the derivative series at every a_i (``slopes``), then its
+        # dot with the sums' gradients
+        derived = moments[:, :, 1:] * torch.arange(1, terms, dtype=a.dtype, device=a.device)
+        slopes = torch.empty_like(grad_sums)
+        # moments = [1, v]^T U^T: d/dv_j = sum_m dP1_m U_mj and, with dU_m/du = U_(m-1),
+        # d/du_j = sum_m (dP0_(m+1) + v_j dP1_(m+1)) U_mj: one product of ``left`` = [dP1; dP shifted by a term]
+        # with U, ``w`` (R, 3, T)
+        left, w = a.new_zeros(rows, 3, terms), a.new_empty(rows, 3, t)
+        for ch in _chunks(rows, terms * t, SERIES_CHUNK):
+            a_pow, u_pow = ctx.powers or _SeriesAttention._powers(a[ch], u[ch], terms)
+            torch.bmm(derived[ch], a_pow[:-1].transpose(0, 1), out=slopes[ch])
+            grad_moments = torch.bmm(grad_sums[ch], a_pow.permute(1, 2, 0))  # (r, 2, M)
+            left[ch, 0] = grad_moments[:, 1]
+            left[ch, 1:, :-1] = grad_moments[:, :, 1:]
+            torch.bmm(left[ch], u_pow.transpose(0, 1), out=w[ch])
+        grad_a = (slopes * grad_sums).sum(1)
+        grad_u = torch.addcmul(w[:, 1], v, w[:, 2])
+        return grad_a, grad_u, w[:, 0], None
 
 
 def _series_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor | None:
@@ -453,9 +502,10 @@ def _series_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         center = (hi + lo) / 2
         bound = float((a.abs().amax(1, keepdim=True) * (hi - lo) / 2).max())
     terms = series_terms(bound)
-    if terms is None or terms * SERIES_TERM_COST >= t:
+    if terms is None or rows * t * t < SERIES_MIN_LOGITS + SERIES_TERM_COST * rows * t * terms:
         return None
-    return _SeriesAttention.apply(a, kd - center, v.double(), terms).to(q.dtype)
+    z = _SeriesAttention.apply(*(x.reshape(rows, t) for x in (a, kd - center, v.double())), terms)
+    return z.to(q.dtype).view(rows, t, 1)
 
 
 def channel_attention(

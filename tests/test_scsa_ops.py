@@ -79,13 +79,13 @@ def test_channel_attention_gradcheck(tokens, features, keep, small_chunks, monke
 
 def _graph_names(t: torch.Tensor) -> set[str]:
     """Names of the autograd nodes behind ``t``."""
-    names, todo = set(), [t.grad_fn]
+    seen, todo = set(), [t.grad_fn]  # by node, not by name: a graph holds several nodes of one kind
     while todo:
         node = todo.pop()
-        if node is not None and node.name() not in names:
-            names.add(node.name())
+        if node is not None and node not in seen:
+            seen.add(node)
             todo.extend(next_node for next_node, _ in node.next_functions)
-    return names
+    return {node.name() for node in seen}
 
 
 @pytest.fixture
@@ -95,8 +95,10 @@ def series_everywhere(monkeypatch):
     monkeypatch.setattr(ops, "SERIES_MIN_LOGITS", 0)
 
 
-@pytest.mark.parametrize("heads", [1, 3])
-def test_series_attention_equals_the_softmax_and_gradchecks(heads, series_everywhere):
+@pytest.mark.parametrize(("heads", "chunk"), [(1, None), (3, None), (3, 1)])
+def test_series_attention_equals_the_softmax_and_gradchecks(heads, chunk, series_everywhere, monkeypatch):
+    if chunk is not None:  # one row per chunk: the powers are computed again in backward
+        monkeypatch.setattr(ops, "SERIES_CHUNK", chunk)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, heads, 12, 1, dtype=torch.float64, requires_grad=True) for _ in range(3))
     z = ops.channel_attention(q, k, v, 0.9)
@@ -131,12 +133,22 @@ def test_series_terms_bound_the_truncation_of_exp_and_its_derivative(bound):
     assert ops.series_terms(bound + 0.5) > terms
 
 
-def test_series_attention_falls_back_to_the_softmax_where_it_would_cost_more():
+def test_series_attention_falls_back_to_the_softmax_past_its_bound(series_everywhere):
     q, k, v = (torch.randn(2, 1, 64, 1, requires_grad=True) for _ in range(3))
     assert ops.series_terms(1e3) is None
     z = ops.channel_attention(q * 1e3, k, v, 1.0)  # logits far past the series' bound: the softmax itself
     assert "_SeriesAttentionBackward" not in _graph_names(z)
     torch.testing.assert_close(z, F.scaled_dot_product_attention(q * 1e3, k, v, scale=1.0))
+
+
+@pytest.mark.parametrize(("tokens", "series"), [(256, False), (512, False), (960, True)])
+def test_series_attention_runs_where_it_costs_fewer_logits_than_the_softmax(tokens, series):
+    # one row, small logits (a few terms): the series' fixed cost outweighs 256^2 and 512^2 exponentials, not 960^2
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 1, tokens, 1, requires_grad=True) for _ in range(3))
+    z = ops.channel_attention(q, k, v, 0.01)
+    assert ("_SeriesAttentionBackward" in _graph_names(z)) is series
+    torch.testing.assert_close(z, F.scaled_dot_product_attention(q, k, v, scale=0.01), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kernel,length", [(1, 7), (3, 7), (5, 7), (9, 8), (13, 4)])  # strips shorter than the kernel
