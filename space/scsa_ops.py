@@ -411,6 +411,12 @@ def _inverse_factorials(terms: int, like: torch.Tensor) -> torch.Tensor:
     return like.new_tensor([1.0 / math.factorial(m) for m in range(terms)]).view(terms, 1, 1)
 
 
+def _series_powers(a: torch.Tensor, u: torch.Tensor, inverse_factorials: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The series' powers of a chunk of rows: ``a^m`` and ``u^m / m!``, each (terms, rows, T)."""
+    terms = inverse_factorials.shape[0]
+    return _powers(a, terms), _powers(u, terms).mul_(inverse_factorials)
+
+
 #: Elements of one (terms, rows, T) tensor of powers: the series runs over chunks of rows this size so that a chunk's
 #: powers stay in cache and are served from the heap (a fresh tensor of several MiB is mapped and page-faulted anew
 #: on every call, which made the series' time vary 3-4-fold from call to call at 960 tokens).
@@ -432,17 +438,14 @@ class _SeriesAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def _powers(a: torch.Tensor, u: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _powers(a, terms), _powers(u, terms).mul_(_inverse_factorials(terms, u))
-
-    @staticmethod
     def forward(ctx, a: torch.Tensor, u: torch.Tensor, v: torch.Tensor, terms: int) -> torch.Tensor:
         rows, t = a.shape
         ones_v = torch.stack([torch.ones_like(v), v], 1)  # (R, 2, T)
         moments, sums = a.new_empty(rows, 2, terms), a.new_empty(rows, 2, t)
         chunks = _chunks(rows, terms * t, SERIES_CHUNK)
+        inverse_factorials = _inverse_factorials(terms, u)
         for ch in chunks:
-            a_pow, u_pow = _SeriesAttention._powers(a[ch], u[ch], terms)
+            a_pow, u_pow = _series_powers(a[ch], u[ch], inverse_factorials)
             torch.bmm(ones_v[ch], u_pow.permute(1, 2, 0), out=moments[ch])
             torch.bmm(moments[ch], a_pow.transpose(0, 1), out=sums[ch])
         den = sums[:, 0]
@@ -467,8 +470,9 @@ class _SeriesAttention(torch.autograd.Function):
         # d/du_j = sum_m (dP0_(m+1) + v_j dP1_(m+1)) U_mj: one product of ``left`` = [dP1; dP shifted by a term]
         # with U, ``w`` (R, 3, T)
         left, w = a.new_zeros(rows, 3, terms), a.new_empty(rows, 3, t)
+        inverse_factorials = None if ctx.powers else _inverse_factorials(terms, u)
         for ch in _chunks(rows, terms * t, SERIES_CHUNK):
-            a_pow, u_pow = ctx.powers or _SeriesAttention._powers(a[ch], u[ch], terms)
+            a_pow, u_pow = ctx.powers or _series_powers(a[ch], u[ch], inverse_factorials)
             torch.bmm(derived[ch], a_pow[:-1].transpose(0, 1), out=slopes[ch])
             grad_moments = torch.bmm(grad_sums[ch], a_pow.permute(1, 2, 0))  # (r, 2, M)
             left[ch, 0] = grad_moments[:, 1]
